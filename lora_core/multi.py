@@ -1,0 +1,216 @@
+"""Many adapters on one frozen base, trained together: the fast path for sweeps.
+
+A sweep over r, lora_alpha and scaling trains many adapters on the same frozen layer and
+the same data. Trained one by one, each repeats the same minibatch gathers and pays the
+per-step overhead again. Here every config sees the same minibatch sequence in one
+batched step: configs of equal rank are stacked and multiplied with one ``bmm``, the loss
+is the sum of the per-config losses (so each config's gradient is exactly its own) and
+Adam, being elementwise, updates each config as if it were alone. Each config's
+History therefore equals training it alone with ``train`` and the same seed, up to float
+rounding.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .layer import LoRALinear
+from .training import (
+    EVAL_CHUNK,
+    History,
+    _Recorder,
+    batch_indices,
+    check_data,
+    check_schedule,
+    make_optimizer,
+    resolve_device,
+    seed_everything,
+)
+
+CONFIG_KEYS = ("r", "lora_alpha", "scaling", "init")
+
+
+@dataclass
+class AdapterRun:
+    """One config of ``train_many``: its settings, its trained layer and its History.
+
+    ``layer`` shares the frozen base with every other run's layer, so keep it unmerged
+    (or merge, use and unmerge) when you compare several.
+    """
+
+    config: dict
+    layer: LoRALinear
+    history: History
+
+
+def config_grid(**axes) -> list[dict]:
+    """The Cartesian product of the given axes, e.g. ``config_grid(r=[1, 2], lora_alpha=[1, 8])``."""
+    names = list(axes)
+    return [dict(zip(names, values)) for values in itertools.product(*axes.values())]
+
+
+class _RankGroup:
+    """The configs that share one rank r, stacked into (K, …) tensors."""
+
+    def __init__(self, r: int, members: list[int], layers: list[LoRALinear]):
+        self.r, self.members = r, members
+        group = [layers[i] for i in members]
+        # A is laid out (d_in, K·r) so one matmul serves every config of the group.
+        self.A = nn.Parameter(torch.cat([lay.A.detach() for lay in group], dim=1))
+        self.B = nn.Parameter(torch.stack([lay.B.detach() for lay in group]))
+        self.learnable = torch.tensor([lay.scaling == "learnable" for lay in group], device=self.A.device)
+        self.fixed_scale = torch.stack([lay.scale.detach() for lay in group])
+        self.scale = nn.Parameter(self.fixed_scale.clone()) if self.learnable.any() else None
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [self.A, self.B] + ([self.scale] if self.scale is not None else [])
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Every config's update for the rows x: shape (K, rows, d_out)."""
+        K = len(self.members)
+        h = (x @ self.A).view(x.shape[0], K, self.r).transpose(0, 1)
+        scale = self.fixed_scale
+        if self.scale is not None:
+            # Only learnable configs take their scale from the trained parameter.
+            scale = torch.where(self.learnable, self.scale, self.fixed_scale)
+        return torch.bmm(h * scale.view(K, 1, 1), self.B)
+
+    def losses(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per-config MSE against the target rows: shape (K,)."""
+        return (self.predict(x) - target).pow(2).mean(dim=(1, 2))
+
+    def copy_into(self, layers: list[LoRALinear]) -> None:
+        with torch.no_grad():
+            for k, i in enumerate(self.members):
+                layers[i].A.copy_(self.A[:, k * self.r : (k + 1) * self.r])
+                layers[i].B.copy_(self.B[k])
+                if self.scale is not None and self.learnable[k]:
+                    layers[i].scale.copy_(self.scale[k])
+
+
+def _check_configs(configs, base: nn.Linear) -> list[dict]:
+    if isinstance(configs, dict) or not len(configs):
+        raise ValueError(f"configs={configs!r} is not allowed: expected a non-empty list of dicts")
+    checked = []
+    for i, cfg in enumerate(configs):
+        unknown = sorted(set(cfg) - set(CONFIG_KEYS))
+        if unknown:
+            raise ValueError(
+                f"configs[{i}] has keys {unknown}, which are not allowed: expected keys among "
+                f"{list(CONFIG_KEYS)} (train one adapter with `train` for other options)"
+            )
+        checked.append(dict(cfg))
+    if not isinstance(base, nn.Linear):
+        raise ValueError(f"base={type(base).__name__} is not allowed: expected an nn.Linear")
+    return checked
+
+
+def train_many(
+    base: nn.Linear,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    configs: list[dict],
+    epochs: int = 100,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    optimizer: str = "adam",
+    sampling: str = "with_replacement",
+    eval_every: int = 10,
+    seed: int = 0,
+    device: str | torch.device = "auto",
+    progress: bool = True,
+) -> list[AdapterRun]:
+    """Train one LoRA adapter per config over the frozen ``base``, all in one loop.
+
+    Each config is a dict of ``LoRALinear`` settings (r, lora_alpha, scaling, init). Its
+    adapter starts from ``torch.manual_seed(seed)`` and sees the minibatch sequence of
+    ``train(..., seed=seed)``: the result is what ``seed_everything(seed)``, building the
+    layer, then ``train(layer, X, y, seed=seed)`` gives for that config alone. A config
+    that diverges is recorded as such and the others go on. Every History's ``seconds``
+    is the shared wall time of the joint loop.
+    """
+    configs = _check_configs(configs, base)
+    check_data(X, y)
+    settings = check_schedule(X.shape[0], epochs, batch_size, lr, eval_every, optimizer, sampling)
+    layers = []
+    for cfg in configs:
+        seed_everything(seed)
+        layers.append(LoRALinear(base, **cfg))
+    dev = resolve_device(device)
+    base.to(dev)
+    layers = [layer.to(dev) for layer in layers]
+    X, y = X.to(dev), y.to(dev)
+    if y.shape[1] != base.out_features or X.shape[1] != base.in_features:
+        raise ValueError(
+            f"X.shape={tuple(X.shape)}, y.shape={tuple(y.shape)} are not allowed: the base "
+            f"maps {base.in_features} inputs to {base.out_features} outputs"
+        )
+
+    with torch.no_grad():
+        # As in `train`'s fast path: the frozen base's output is computed once.
+        target = y - torch.cat([base(X[i : i + EVAL_CHUNK]) for i in range(0, len(X), EVAL_CHUNK)])
+    ranks = sorted({layer.r for layer in layers})
+    groups = [
+        _RankGroup(r, [i for i, layer in enumerate(layers) if layer.r == r], layers) for r in ranks
+    ]
+    opt = make_optimizer(
+        settings["optimizer"], [p for g in groups for p in g.parameters()], settings["lr"]
+    )
+    recorders = [
+        _Recorder({**settings, **cfg, "seed": seed, "device": str(dev), "joint": len(configs)})
+        for cfg in configs
+    ]
+    gen = torch.Generator().manual_seed(seed)
+    n, steps = X.shape[0], X.shape[0] // settings["batch_size"]
+    running = np.ones(len(configs), dtype=bool)
+    for epoch in tqdm(range(1, settings["epochs"] + 1), desc="epochs", disable=not progress, leave=False):
+        idx = batch_indices(n, steps, settings["batch_size"], settings["sampling"], gen).to(dev)
+        epoch_losses = [torch.zeros(len(g.members), device=dev) for g in groups]
+        for step in range(steps):
+            rows = idx[step]
+            x, t = X[rows], target[rows]
+            losses = [g.losses(x, t) for g in groups]
+            opt.zero_grad(set_to_none=True)
+            # Summing keeps each config's gradient exactly its own loss's gradient.
+            torch.stack([loss.sum() for loss in losses]).sum().backward()
+            opt.step()
+            for acc, loss in zip(epoch_losses, losses):
+                acc += loss.detach()
+        train_losses = _per_config(groups, epoch_losses, len(configs)) / steps
+        evaluate = epoch % settings["eval_every"] == 0 or epoch == settings["epochs"]
+        eval_losses = _full_losses(groups, X, target, len(configs)) if evaluate else None
+        for i in np.flatnonzero(running):
+            ev = None if eval_losses is None or not np.isfinite(train_losses[i]) else eval_losses[i]
+            recorders[i].add(epoch, float(train_losses[i]), ev)
+            running[i] = recorders[i].diverged_at is None
+        if not running.any():
+            break
+
+    for g in groups:
+        g.copy_into(layers)
+    return [AdapterRun(cfg, layer, rec.history()) for cfg, layer, rec in zip(configs, layers, recorders)]
+
+
+def _per_config(groups: list[_RankGroup], values: list[torch.Tensor], count: int) -> np.ndarray:
+    out = np.empty(count)
+    for g, v in zip(groups, values):
+        out[g.members] = v.double().cpu().numpy()
+    return out
+
+
+def _full_losses(groups: list[_RankGroup], X: torch.Tensor, target: torch.Tensor, count: int) -> np.ndarray:
+    """Full-data MSE of every config, in row chunks sized so (K, rows, d_out) stays small."""
+    totals = [torch.zeros(len(g.members), dtype=torch.float64, device=X.device) for g in groups]
+    with torch.no_grad():
+        for g, total in zip(groups, totals):
+            chunk = max(256, EVAL_CHUNK // len(g.members))
+            for start in range(0, X.shape[0], chunk):
+                diff = g.predict(X[start : start + chunk]) - target[start : start + chunk]
+                total += diff.double().pow(2).sum(dim=(1, 2))
+    return _per_config(groups, [t / target.numel() for t in totals], count)
