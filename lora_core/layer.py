@@ -93,8 +93,11 @@ class LoRALinear(nn.Module):
             if self.init == "gaussian":
                 self.A.normal_(0.0, 1.0)
             else:
-                # Through the transposed view, fan_in is d_in, as for loralib's (r, d_in) lora_A.
-                nn.init.kaiming_uniform_(self.A.T, a=math.sqrt(5))
+                # Drawn in loralib's (r, d_in) layout: fan_in is d_in, and the same seed
+                # gives the same numbers as loralib's and PEFT's lora_A.weight (= Aᵀ).
+                weight = torch.empty(self.r, self.in_features, dtype=self.A.dtype, device=self.A.device)
+                nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+                self.A.copy_(weight.T)
             self.B.zero_()
 
     def lora_forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,30 @@
+"""Shared fixtures: a small seeded version of the blog's task, trained in about a second."""
+
+import pytest
+import torch
+
+import lora_core as lc
+
+# Fixed thread count: results are bit-reproducible only for a given thread count.
+torch.set_num_threads(2)
+
+SMALL = dict(n=512, d_in=65, d_out=64)
+SMALL_TRAIN = dict(epochs=60, batch_size=64, lr=3e-2)
+
+
+@pytest.fixture(scope="session")
+def small_task():
+    """The blog's experiment at d_in 65, d_out 64: pre-trained base, shifted data, true shift."""
+    X, y, theta = lc.make_regression(**SMALL, seed=0)
+    base, history = lc.pretrain_base(X, y, seed=0, progress=False, cache=False, **SMALL_TRAIN)
+    theta2, shift = lc.shift_theta(theta, "ones")
+    X2, y2, _ = lc.make_regression(**SMALL, seed=1, theta=theta2)
+    return dict(X=X, y=y, theta=theta, base=base, pretrain=history, X2=X2, y2=y2, shift=shift)
+
+
+@pytest.fixture
+def base(small_task):
+    """A private copy of the pre-trained base, so a test may merge into it freely."""
+    copy = torch.nn.Linear(SMALL["d_in"], SMALL["d_out"], bias=False)
+    copy.load_state_dict(small_task["base"].state_dict())
+    return copy
