@@ -1,0 +1,305 @@
+"""Regression checks of notebook outputs: a run's metrics against a committed baseline.
+
+A baseline is a JSON file naming, for each metric, the value it should have and how far
+it may move::
+
+    {"notebook": "01_rank1_recovery", "scale": "full",
+     "metrics": {"pretrain_loss_epoch_10": {"value": 577.1, "rtol": 0.15},
+                 "delta_mean": {"value": 1.0, "atol": 0.005},
+                 "lora_final_loss": {"max": 0.01},
+                 "merged_loss": {"value": 0.0013, "rtol": 0.001, "max": 0.01}}}
+
+Each metric must pass every bound its spec names: ``value`` with ``rtol`` and/or ``atol``
+(``|got - value| <= atol + rtol * |value|``; a bare ``value`` must match exactly), ``max``
+and ``min`` (inclusive). A metric missing from the run, or not a finite number there,
+fails. Metrics the baseline does not name are not checked.
+
+Nothing here knows about particular notebooks: point it at any ``metrics.json`` (the
+suite's layout, with a ``metrics`` object) or at a flat JSON object of name -> number.
+
+Command line: ``lora-regress METRICS_JSON_OR_RUN_DIR BASELINE_JSON [--update]``; exit
+status 0 when every metric passes, 1 on any drift or missing metric, 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import math
+import numbers
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import pandas as pd
+
+from .reports import read_metrics, write_json_atomic
+from .validation import check_float
+
+SPEC_KEYS = ("value", "rtol", "atol", "max", "min")
+TIMINGS = ("*_seconds",)  # vary from machine to machine: not baselined unless asked
+
+
+class BaselineError(ValueError):
+    """A baseline or metrics file that cannot be used as it is."""
+
+
+# ---------------------------------------------------------------------------------------
+# Loading and validating
+
+
+def load_metrics(metrics: Mapping[str, Any] | str | os.PathLike) -> tuple[dict, str | None]:
+    """The flat metrics (name -> value) and the notebook name, if the file says it.
+
+    Accepts a metrics.json path, the run folder holding it, or an already loaded dict.
+    """
+    content = dict(metrics) if isinstance(metrics, Mapping) else read_metrics(metrics)
+    if isinstance(content.get("metrics"), Mapping):
+        return dict(content["metrics"]), content.get("notebook")
+    return content, None
+
+
+def load_baseline(baseline: Mapping[str, Any] | str | os.PathLike) -> dict:
+    """A baseline dict, read from a path if need be, with every spec checked."""
+    if isinstance(baseline, Mapping):
+        content = dict(baseline)
+    else:
+        path = Path(baseline)
+        if not path.is_file():
+            raise FileNotFoundError(f"no baseline file at {path}")
+        with open(path, encoding="utf-8") as handle:
+            content = json.load(handle)
+        if not isinstance(content, dict):
+            raise BaselineError(f"{path} holds a JSON {type(content).__name__}, expected an object")
+    specs = content.get("metrics")
+    if not isinstance(specs, Mapping):
+        raise BaselineError('a baseline needs a "metrics" object: metric name -> tolerance spec')
+    for name, spec in specs.items():
+        _check_spec(name, spec)
+    return content
+
+
+def _check_spec(name: str, spec: Any) -> None:
+    if not isinstance(spec, Mapping) or not spec:
+        raise BaselineError(f"metric {name!r}: spec {spec!r} is not a non-empty object")
+    unknown = sorted(set(spec) - set(SPEC_KEYS))
+    if unknown:
+        raise BaselineError(f"metric {name!r}: unknown spec keys {unknown}; allowed: {list(SPEC_KEYS)}")
+    if ("rtol" in spec or "atol" in spec) and "value" not in spec:
+        raise BaselineError(f"metric {name!r}: rtol/atol need a \"value\" to be relative to")
+    try:
+        for key in spec:
+            low = 0.0 if key in ("rtol", "atol") else None
+            check_float(f"{name}.{key}", spec[key], low=low)
+    except ValueError as error:
+        raise BaselineError(f"metric {name!r}: {error}") from None
+
+
+def _number(value: Any) -> float | None:
+    """The value as a finite float, or None when it is not one (missing, null, NaN, text)."""
+    if isinstance(value, numbers.Real) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+# ---------------------------------------------------------------------------------------
+# Checking
+
+
+@dataclass
+class RegressionReport:
+    """The outcome of a check: one table row per baseline metric.
+
+    ``table`` has columns metric, baseline, got, tolerance, ok, and ``note`` saying why a
+    row failed. ``problems`` holds failures that belong to no metric (a baseline for a
+    different notebook); ``unchecked`` the run's metrics the baseline does not name.
+    """
+
+    table: pd.DataFrame
+    problems: list[str] = field(default_factory=list)
+    unchecked: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and bool(self.table["ok"].all())
+
+    @property
+    def failed(self) -> list[str]:
+        return self.table.loc[~self.table["ok"], "metric"].tolist()
+
+    def __str__(self) -> str:
+        shown = self.table.copy()
+        for column in ("baseline", "got"):
+            shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{v:.6g}")
+        lines = [shown.to_string(index=False)] if len(shown) else ["(the baseline names no metrics)"]
+        lines += [f"problem: {p}" for p in self.problems]
+        verdict = "ok" if self.ok else f"FAILED: {len(self.failed)} of {len(shown)} metrics"
+        lines.append(verdict + (f"; {len(self.problems)} problem(s)" if self.problems else ""))
+        return "\n".join(lines)
+
+
+def check_metrics(
+    metrics: Mapping[str, Any] | str | os.PathLike,
+    baseline: Mapping[str, Any] | str | os.PathLike,
+) -> RegressionReport:
+    """Compare a run's metrics with a baseline; see the module docstring for the rules.
+
+    Both arguments take a dict or a path (a run folder works for ``metrics``).
+    """
+    values, notebook = load_metrics(metrics)
+    content = load_baseline(baseline)
+    rows = [_check_one(name, spec, values) for name, spec in content["metrics"].items()]
+    problems = []
+    expected = content.get("notebook")
+    if notebook is not None and expected is not None and notebook != expected:
+        problems.append(f"the run is from notebook {notebook!r}, the baseline is for {expected!r}")
+    unchecked = [name for name in values if name not in content["metrics"]]
+    table = pd.DataFrame(rows, columns=["metric", "baseline", "got", "tolerance", "ok", "note"])
+    table["ok"] = table["ok"].astype(bool)
+    return RegressionReport(table=table, problems=problems, unchecked=unchecked)
+
+
+def _check_one(name: str, spec: Mapping[str, Any], values: Mapping[str, Any]) -> list:
+    reference = spec.get("value")
+    tolerance = describe_spec(spec)
+    if name not in values:
+        return [name, reference, None, tolerance, False, "missing"]
+    got = _number(values[name])
+    if got is None:
+        return [name, reference, None, tolerance, False, f"not a finite number: {values[name]!r}"]
+    notes = []
+    if reference is not None:
+        allowed = spec.get("atol", 0.0) + spec.get("rtol", 0.0) * abs(reference)
+        off = abs(got - reference)
+        if off > allowed:
+            relative = f" ({off / abs(reference):.2%})" if reference else ""
+            notes.append(f"off by {off:.3g}{relative}, allowed {allowed:.3g}")
+    if "max" in spec and got > spec["max"]:
+        notes.append(f"above max {spec['max']:.6g}")
+    if "min" in spec and got < spec["min"]:
+        notes.append(f"below min {spec['min']:.6g}")
+    return [name, reference, got, tolerance, not notes, "; ".join(notes)]
+
+
+def describe_spec(spec: Mapping[str, Any]) -> str:
+    """A spec as a reader would say it: ``rtol 0.15``, ``<= 0.01``, ``exact``."""
+    parts = [f"{key} {spec[key]:g}" for key in ("rtol", "atol") if key in spec]
+    if "value" in spec and not parts:
+        parts.append("exact")
+    if "max" in spec:
+        parts.append(f"<= {spec['max']:g}")
+    if "min" in spec:
+        parts.append(f">= {spec['min']:g}")
+    return ", ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------
+# Updating on purpose
+
+
+def update_baseline(
+    metrics: Mapping[str, Any] | str | os.PathLike,
+    baseline_path: str | os.PathLike,
+    default_spec: Mapping[str, Any] | None = None,
+    exclude: Sequence[str] = TIMINGS,
+    scale: str | None = None,
+) -> dict:
+    """Rewrite the baseline's values from a run, keeping every metric's tolerance.
+
+    Each metric with a ``value`` gets the run's number; its ``rtol``/``atol``/``max``/
+    ``min`` stay as they were. Metrics of the run the baseline does not name yet are added
+    with ``default_spec`` (e.g. ``{"rtol": 0.05}``) when one is given, except names
+    matching an ``exclude`` glob (timings by default). A baseline that does not exist is
+    created. Refuses, changing nothing, when a baselined metric is missing from the run or
+    not a number there: dropping a metric from a baseline is a decision made by hand.
+    Returns the baseline as written.
+    """
+    values, notebook = load_metrics(metrics)
+    path = Path(baseline_path)
+    if path.exists():
+        content = load_baseline(path)
+    else:
+        content = {"notebook": notebook} if notebook is not None else {}
+        content["metrics"] = {}
+    if scale is not None:
+        content["scale"] = scale
+    if default_spec is not None:
+        _check_spec("default_spec", {"value": 0.0, **default_spec})
+    unusable = [n for n in content["metrics"] if _number(values.get(n)) is None]
+    if unusable:
+        raise BaselineError(
+            "cannot update the baseline: missing or not a number in the run: "
+            + ", ".join(unusable)
+            + "; remove them from the baseline by hand if they are gone on purpose"
+        )
+    specs = {}
+    for name, spec in content["metrics"].items():
+        spec = dict(spec)
+        if "value" in spec:
+            spec["value"] = _number(values[name])
+        specs[name] = spec
+    if default_spec is not None:
+        for name, value in values.items():
+            skip = any(fnmatch.fnmatchcase(name, pattern) for pattern in exclude)
+            if name not in specs and not skip and _number(value) is not None:
+                specs[name] = {"value": _number(value), **default_spec}
+    content["metrics"] = specs
+    write_json_atomic(path, content)
+    return content
+
+
+# ---------------------------------------------------------------------------------------
+# Command line
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="lora-regress",
+        description="Check a run's metrics against a baseline JSON (exit 1 on drift).",
+    )
+    parser.add_argument("metrics", help="a metrics.json file, or the run folder holding one")
+    parser.add_argument("baseline", help="the baseline JSON file")
+    parser.add_argument(
+        "--update", action="store_true",
+        help="rewrite the baseline's values from this run, keeping the tolerances",
+    )
+    parser.add_argument("--rtol", type=float, help="with --update: rtol for metrics not yet in the baseline")
+    parser.add_argument("--atol", type=float, help="with --update: atol for metrics not yet in the baseline")
+    parser.add_argument(
+        "--exclude", action="append", metavar="GLOB",
+        help=f"with --update: metric names not to add (repeatable; default {' '.join(TIMINGS)})",
+    )
+    args = parser.parse_args(argv)
+    default_spec = {k: v for k, v in (("rtol", args.rtol), ("atol", args.atol)) if v is not None}
+    try:
+        if args.update:
+            return _update(args, default_spec or None)
+        report = check_metrics(args.metrics, args.baseline)
+    except (OSError, ValueError) as error:  # JSONDecodeError and BaselineError included
+        print(f"lora-regress: error: {error}", file=sys.stderr)
+        return 2
+    print(report)
+    if report.unchecked:
+        print("not in the baseline (unchecked): " + ", ".join(report.unchecked))
+    return 0 if report.ok else 1
+
+
+def _update(args: argparse.Namespace, default_spec: dict | None) -> int:
+    path = Path(args.baseline)
+    if not path.exists() and default_spec is None:
+        raise BaselineError(f"{path} does not exist yet: pass --rtol and/or --atol for its metrics")
+    if path.exists():
+        print("before the update:")
+        print(check_metrics(args.metrics, path))
+    content = update_baseline(
+        args.metrics, path, default_spec, exclude=tuple(args.exclude or TIMINGS)
+    )
+    print(f"baseline written: {path} ({len(content['metrics'])} metrics)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
