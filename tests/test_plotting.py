@@ -1,0 +1,164 @@
+"""Figures: right panels and colour bars, honest scales, diverged configs marked."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+from lora_core import plotting
+
+
+def colourbars(fig):
+    return [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+
+
+def panels(fig):
+    return [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+
+
+def rank_one(d_in=12, d_out=10, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(d_in, 1, generator=generator) @ torch.randn(1, d_out, generator=generator)
+
+
+# ---- loss curves --------------------------------------------------------------------------
+
+
+def test_loss_curves_overlay_reference_markers_distinct_from_lines():
+    epochs = np.arange(1, 51)
+    curves = {
+        "pre-training": pd.Series(np.exp(-epochs / 10), index=epochs),
+        "LoRA": torch.exp(-torch.arange(1, 51) / 8.0),  # a bare tensor counts epochs from 1
+    }
+    fig = plotting.plot_loss_curves(curves, reference={"pre-training": {10: 0.4, 20: 0.15}})
+    assert isinstance(fig, Figure)
+    (ax,) = fig.axes
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    reference = lines["pre-training (published)"]
+    assert reference.get_linestyle() == "None" and reference.get_marker() == "o"
+    assert list(reference.get_xdata()) == [10, 20]
+    assert reference.get_markeredgecolor() == lines["pre-training"].get_color()
+    assert lines["LoRA"].get_xdata()[0] == 1
+    assert ax.get_yscale() == "log" and "log scale" in ax.get_ylabel()
+
+
+def test_loss_curves_join_logged_epochs_across_unevaluated_nan():
+    logged = pd.Series([np.nan] * 9 + [5.0] + [np.nan] * 9 + [1.0], index=range(1, 21))
+    (ax,) = plotting.plot_loss_curves({"eval": logged}, logy=False).axes
+    assert list(ax.get_lines()[0].get_xdata()) == [10, 20]
+    assert "log" not in ax.get_ylabel()
+
+
+# ---- ΔΘ -----------------------------------------------------------------------------------
+
+
+def test_delta_heatmap_has_full_corner_and_error_panels_with_two_colourbars():
+    truth = rank_one()
+    delta = truth + 0.01 * torch.randn(12, 10)
+    fig = plotting.plot_delta_heatmap(delta, true_delta=truth, corner=3)
+    assert len(panels(fig)) == 3 and len(colourbars(fig)) == 2
+    corner = panels(fig)[1]
+    assert len(corner.texts) == 9
+    assert corner.texts[0].get_text() == f"{delta[0, 0].item():.4f}"
+
+
+def test_delta_heatmap_scales_are_symmetric_about_zero():
+    truth = torch.ones(8, 6)
+    delta = truth + torch.linspace(-0.001, 0.003, 48).reshape(8, 6)  # lopsided error
+    full, _, error = panels(plotting.plot_delta_heatmap(delta, truth, corner=2))
+    low, high = error.images[0].get_clim()
+    assert low == pytest.approx(-high) and high == pytest.approx(0.003, rel=1e-3)
+    low, high = full.images[0].get_clim()
+    assert low == pytest.approx(-high)
+    assert "RdBu" in error.images[0].get_cmap().name
+
+
+def test_delta_heatmap_without_truth_has_two_panels_and_one_colourbar():
+    fig = plotting.plot_delta_heatmap(np.zeros((4, 3)))  # B at its zero init still draws
+    assert len(panels(fig)) == 2 and len(colourbars(fig)) == 1
+    assert len(panels(fig)[1].texts) == 9  # the default 5 x 5 corner shrinks to the matrix
+
+
+def test_delta_heatmap_refuses_mismatched_truth_and_an_empty_corner():
+    with pytest.raises(ValueError, match="true_delta"):
+        plotting.plot_delta_heatmap(np.ones((4, 3)), np.ones((3, 4)))
+    with pytest.raises(ValueError, match="corner=0 is not allowed"):
+        plotting.plot_delta_heatmap(np.ones((4, 3)), corner=0)
+
+
+def test_singular_values_of_a_rank_one_delta_drop_after_the_first():
+    fig = plotting.plot_singular_values({"r=1": rank_one(), "bf16": rank_one().bfloat16()}, top=5)
+    (ax,) = fig.axes
+    values = ax.get_lines()[0].get_ydata()
+    assert len(values) == 5
+    assert values[1] < 1e-5 * values[0]
+    assert "log scale" in ax.get_ylabel()
+
+
+def test_delta_grid_shares_one_symmetric_colourbar_or_gives_each_its_own():
+    deltas = {f"r={r}": torch.randn(6, r) @ torch.randn(r, 5) for r in (1, 2, 4, 8, 16)}
+    shared = plotting.plot_delta_grid(deltas, ncols=3)
+    assert len(panels(shared)) == 5 and len(colourbars(shared)) == 1  # the 6th cell removed
+    limits = {ax.images[0].get_clim() for ax in panels(shared)}
+    assert len(limits) == 1
+    low, high = limits.pop()
+    assert low == -high
+    separate = plotting.plot_delta_grid(deltas, shared_scale=False)
+    assert len(panels(separate)) == 5 and len(colourbars(separate)) == 5
+
+
+# ---- sweeps -------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def sweep():
+    rows = [
+        {"r": r, "lora_alpha": a, "final_loss": 10.0 ** -(r + a), "diverged": False}
+        for r in (1, 2, 4) for a in (1, 8)
+    ]
+    rows[1].update(final_loss=float("nan"), diverged=True)  # r=1, alpha=8
+    rows[4].update(final_loss=1e30, diverged=True)  # r=4, alpha=1: a number, but diverged
+    return pd.DataFrame(rows[:-1])  # r=4, alpha=8 never ran
+
+
+def test_metric_heatmap_marks_diverged_configs_instead_of_dropping_them(sweep):
+    fig = plotting.plot_metric_heatmap(sweep, "r", "lora_alpha", "final_loss", diverged="diverged")
+    assert len(panels(fig)) == 1 and len(colourbars(fig)) == 1
+    (ax,) = panels(fig)
+    texts = [t.get_text() for t in ax.texts]
+    assert texts.count("×") == 2 and texts.count("no run") == 1
+    assert len([p for p in ax.patches if p.get_hatch()]) == 2
+    assert "diverged" in fig.legends[0].get_texts()[0].get_text()
+    # The diverged 1e30 does not stretch the colour scale.
+    assert ax.images[0].norm.vmax < 1
+    assert "log scale" in colourbars(fig)[0].get_ylabel()
+
+
+def test_metric_heatmap_marks_nan_even_without_a_diverged_column(sweep):
+    (ax,) = panels(plotting.plot_metric_heatmap(sweep, "r", "lora_alpha", "final_loss"))
+    assert [t.get_text() for t in ax.texts].count("×") == 1
+
+
+def test_metric_heatmap_refuses_duplicates_and_unknown_columns(sweep):
+    with pytest.raises(ValueError, match="aggregate them first"):
+        plotting.plot_metric_heatmap(pd.concat([sweep, sweep]), "r", "lora_alpha", "final_loss")
+    with pytest.raises(ValueError, match="values='loss' is not allowed"):
+        plotting.plot_metric_heatmap(sweep, "r", "lora_alpha", "loss")
+
+
+def test_metric_vs_draws_one_line_per_hue_a_dashed_reference_and_marks_diverged(sweep):
+    fig = plotting.plot_metric_vs(
+        sweep, "r", "final_loss", hue="lora_alpha", reference={1: 1e-2, 4: 1e-5},
+        logy=True, reference_label="best rank-r error",
+    )
+    (ax,) = fig.axes
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert {"lora_alpha = 1", "lora_alpha = 8", "best rank-r error"} <= set(lines)
+    assert lines["best rank-r error"].get_linestyle() == "--"
+    assert "diverged / no number" in lines
+    assert "log scale" in ax.get_ylabel() and "log" not in ax.get_xlabel()
