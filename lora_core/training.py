@@ -228,6 +228,13 @@ def train(
     if not params:
         raise ValueError("model has no trainable parameters (requires_grad is False everywhere)")
 
+    with torch.no_grad():
+        out = model(X[:1])
+    if out.shape[1:] != y.shape[1:]:
+        raise ValueError(
+            f"y.shape={tuple(y.shape)} is not allowed: the model maps X to "
+            f"{tuple(out.shape[1:])} per row"
+        )
     fast = cache_frozen and isinstance(model, LoRALinear) and not model.merged
     if fast:
         # The base is frozen, so its output on the data never changes: fit the adapter to
@@ -237,13 +244,6 @@ def train(
         predict = model.lora_forward
     else:
         target, predict = y, model
-    with torch.no_grad():
-        out = predict(X[:1])
-    if out.shape[1:] != target.shape[1:]:
-        raise ValueError(
-            f"y.shape={tuple(y.shape)} is not allowed: the model maps X to "
-            f"{tuple(out.shape[1:])} per row"
-        )
 
     opt = make_optimizer(settings["optimizer"], params, settings["lr"])
     gen = torch.Generator().manual_seed(seed)
