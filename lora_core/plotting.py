@@ -1,10 +1,11 @@
 """Figures for the notebooks: loss curves, ΔΘ heatmaps, singular values, sweep results.
 
 Every function returns a matplotlib ``Figure`` and never calls ``show()``: the notebook
-displays it (as a cell's last expression) and ``reports.save_figure`` writes it to disk.
-Figures are built with ``matplotlib.figure.Figure`` rather than pyplot, so none is
-registered with pyplot: a sweep drawing hundreds does not pile up open figures, Jupyter's
-inline backend does not show them twice, and no backend is ever chosen here.
+displays it (as a cell's last expression, or with ``display(fig)``) and
+``reports.save_figure`` writes it to disk. Figures are released from pyplot as soon as
+they are made (see ``_new_figure``), so Jupyter shows each once, where the notebook asks
+for it, and a sweep drawing hundreds does not keep them all open. The backend is
+whatever matplotlib picks (inline in Jupyter); nothing here chooses one.
 
 The figures are teaching material, so their scales are honest: signed matrices (ΔΘ and
 its error) use a diverging colormap centred on zero with symmetric limits, a log scale is
@@ -17,6 +18,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib import colormaps
@@ -61,6 +63,19 @@ def _series(name: str, curve: Any) -> pd.Series:
     return series[np.isfinite(series.to_numpy())].sort_index()
 
 
+def _new_figure(**kwargs: Any) -> Figure:
+    """A figure that pyplot does not keep.
+
+    Made through pyplot so that the session's backend is set up (in Jupyter, that is what
+    lets a Figure display as a cell's value), then closed in pyplot's registry, so the
+    inline backend does not show it again at the end of the cell. Closing only forgets
+    the figure: it still draws, displays and saves.
+    """
+    fig = plt.figure(**kwargs)
+    plt.close(fig)
+    return fig
+
+
 def _mapping(name: str, value: Any) -> Mapping:
     if not isinstance(value, Mapping) or not value:
         raise ValueError(f"{name}={value!r} is not allowed: expected a non-empty dict label -> data")
@@ -102,7 +117,7 @@ def plot_loss_curves(
     a reference whose label matches a curve takes that curve's colour.
     """
     _mapping("curves", curves)
-    fig = Figure(figsize=(7.5, 4.5), layout="constrained")
+    fig = _new_figure(figsize=(7.5, 4.5), layout="constrained")
     ax = fig.add_subplot()
     colours = {}
     for i, (label, curve) in enumerate(curves.items()):
@@ -149,7 +164,7 @@ def plot_delta_heatmap(
             f"true_delta of shape {truth.shape} is not allowed: expected delta's shape {d.shape}"
         )
     ratios = [1.0, 0.8] + ([1.0] if truth is not None else [])
-    fig = Figure(figsize=(5.2 * len(ratios), 4.6), layout="constrained")
+    fig = _new_figure(figsize=(5.2 * len(ratios), 4.6), layout="constrained")
     axes = fig.subplots(1, len(ratios), gridspec_kw={"width_ratios": ratios})
     norm = Normalize(-_symmetric_limit(d), _symmetric_limit(d))
 
@@ -196,7 +211,7 @@ def plot_singular_values(
     _mapping("deltas", deltas)
     if top is not None:
         top = check_int("top", top, 1)
-    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    fig = _new_figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.add_subplot()
     for label, delta in deltas.items():
         values = np.linalg.svd(_array(f"deltas[{label!r}]", delta, 2), compute_uv=False)[:top]
@@ -229,7 +244,7 @@ def plot_delta_grid(
     matrices = {label: _array(f"deltas[{label!r}]", d, 2) for label, d in deltas.items()}
     ncols = min(len(matrices), 4) if ncols is None else check_int("ncols", ncols, 1)
     nrows = math.ceil(len(matrices) / ncols)
-    fig = Figure(figsize=(3.4 * ncols + 1.2, 3.1 * nrows + 0.7), layout="constrained")
+    fig = _new_figure(figsize=(3.4 * ncols + 1.2, 3.1 * nrows + 0.7), layout="constrained")
     grid = fig.subplots(nrows, ncols, squeeze=False)
     used = grid.flat[: len(matrices)]
     for ax in grid.flat[len(matrices):]:
@@ -297,7 +312,7 @@ def plot_metric_heatmap(
 
     shown = np.ma.masked_array(numbers, mask=~good)
     norm = _heatmap_norm(numbers[good], log)
-    fig = Figure(figsize=(1.1 * grid.shape[1] + 3.5, 0.7 * grid.shape[0] + 2.8), layout="constrained")
+    fig = _new_figure(figsize=(1.1 * grid.shape[1] + 3.5, 0.7 * grid.shape[0] + 2.8), layout="constrained")
     ax = fig.add_subplot()
     cmap = colormaps[SEQUENTIAL].with_extremes(bad="white")
     image = ax.imshow(shown, cmap=cmap, norm=norm, origin="lower", aspect="auto")
@@ -358,7 +373,7 @@ def plot_metric_vs(
     check_choice("y", y, list(df.columns))
     if hue is not None:
         check_choice("hue", hue, list(df.columns))
-    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    fig = _new_figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.add_subplot()
     groups = df.groupby(hue, sort=True) if hue is not None else [(None, df)]
     missing_any = False

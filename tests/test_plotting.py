@@ -162,3 +162,15 @@ def test_metric_vs_draws_one_line_per_hue_a_dashed_reference_and_marks_diverged(
     assert lines["best rank-r error"].get_linestyle() == "--"
     assert "diverged / no number" in lines
     assert "log scale" in ax.get_ylabel() and "log" not in ax.get_xlabel()
+
+
+def test_figures_are_not_left_open_in_pyplot(sweep):
+    # Jupyter's inline backend shows every figure pyplot still holds at the end of a
+    # cell: a kept figure would appear twice, and a sweep would pile them up.
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+    fig = plotting.plot_metric_heatmap(sweep, "r", "lora_alpha", "final_loss")
+    plotting.plot_delta_heatmap(rank_one())
+    assert plt.get_fignums() == []
+    fig.canvas.draw()  # released, yet still draws
