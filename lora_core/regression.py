@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import json
 import math
 import numbers
 import os
@@ -36,7 +35,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from .reports import read_metrics, write_json_atomic
+from .reports import read_json, read_metrics, write_json_atomic
 from .validation import check_float
 
 SPEC_KEYS = ("value", "rtol", "atol", "max", "min")
@@ -70,8 +69,7 @@ def load_baseline(baseline: Mapping[str, Any] | str | os.PathLike) -> dict:
         path = Path(baseline)
         if not path.is_file():
             raise FileNotFoundError(f"no baseline file at {path}")
-        with open(path, encoding="utf-8") as handle:
-            content = json.load(handle)
+        content = read_json(path)
         if not isinstance(content, dict):
             raise BaselineError(f"{path} holds a JSON {type(content).__name__}, expected an object")
     specs = content.get("metrics")

@@ -210,11 +210,19 @@ def read_metrics(path_or_dir: str | os.PathLike) -> dict:
         path = path / METRICS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no metrics file at {path}")
-    with open(path, encoding="utf-8") as handle:
-        content = json.load(handle)
+    content = read_json(path)
     if not isinstance(content, dict):
         raise ValueError(f"{path} holds a JSON {type(content).__name__}, expected an object")
     return content
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """A JSON file's content; a malformed file raises ValueError naming the file."""
+    with open(path, encoding="utf-8") as handle:
+        try:
+            return json.load(handle)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is not valid JSON: {error}") from None
 
 
 # ---------------------------------------------------------------------------------------

@@ -179,6 +179,7 @@ def test_cli_exits_2_with_a_message_on_bad_input(files, tmp_path, capsys):
     assert regression.main([str(run), str(tmp_path / "broken.json")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("lora-regress: error:") and "Traceback" not in err
+    assert "broken.json is not valid JSON" in err
     with pytest.raises(SystemExit) as stop:
         regression.main([str(run)])  # argparse's own usage error
     assert stop.value.code == 2
