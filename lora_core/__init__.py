@@ -12,7 +12,7 @@
 
 __version__ = "0.1.0"
 
-from .adapters import load_adapter, read_adapter_config, save_adapter
+from .adapters import adapter_deltas, load_adapter, read_adapter_config, save_adapter
 from .inject import (
     add_lora,
     count_parameters,
@@ -45,6 +45,7 @@ __all__ = [
     "BLOG_SHIFTED_BASE_LOSS",
     "History",
     "LoRALinear",
+    "adapter_deltas",
     "add_lora",
     "compare_delta",
     "config_grid",

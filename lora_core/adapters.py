@@ -151,3 +151,20 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> str:
         if was_merged:
             layer.merge()
     return config["name"]
+
+
+def adapter_deltas(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """ΔΘ = A·B·scale (d_in, d_out) of each module of a saved adapter, without a model.
+
+    Lets a report compare the adaptations a sweep saved, config by config.
+    """
+    config = read_adapter_config(path)
+    tensors = load_file(str(Path(path) / WEIGHTS_NAME))
+    deltas = {}
+    for module_name, saved in config["modules"].items():
+        if saved["scaling"] == "learnable":
+            scale = tensors[_key(module_name, "scale")].reshape(())
+        else:
+            scale = lora_scale(saved["r"], saved["lora_alpha"], saved["scaling"])
+        deltas[module_name] = tensors[_key(module_name, "A")] @ tensors[_key(module_name, "B")] * scale
+    return deltas

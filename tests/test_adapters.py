@@ -4,7 +4,14 @@ import pytest
 import torch
 from torch import nn
 
-from lora_core import LoRALinear, add_lora, load_adapter, read_adapter_config, save_adapter
+from lora_core import (
+    LoRALinear,
+    adapter_deltas,
+    add_lora,
+    load_adapter,
+    read_adapter_config,
+    save_adapter,
+)
 
 
 def _model(r=2, **kw):
@@ -138,3 +145,14 @@ def test_a_bare_lora_layer_saves_and_loads(tmp_path):
     fresh = LoRALinear(nn.Linear(6, 5), r=1)
     load_adapter(fresh, tmp_path / "a")
     assert torch.equal(fresh.B, layer.B)
+
+
+@pytest.mark.parametrize("scaling", ["standard", "rslora", "learnable"])
+def test_adapter_deltas_equal_the_layers_delta_weight(tmp_path, scaling):
+    model = _model(r=2, lora_alpha=5.0, scaling=scaling)
+    _randomise(model, 1)
+    save_adapter(model, tmp_path / "a")
+    deltas = adapter_deltas(tmp_path / "a")
+    assert sorted(deltas) == ["0", "2"]
+    for name in ("0", "2"):
+        assert torch.allclose(deltas[name], model.get_submodule(name).delta_weight(), atol=1e-6)

@@ -1,0 +1,5 @@
+#!/usr/bin/env bash
+# The test suite, including notebook 01 at full seed scale. Extra arguments go to pytest
+# (e.g. -m "not slow" for the quick tests only).
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+python -m pytest "$@"
