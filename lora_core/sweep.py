@@ -33,6 +33,7 @@ import ast
 import contextlib
 import datetime
 import hashlib
+import importlib
 import json
 import math
 import multiprocessing
@@ -45,7 +46,7 @@ import time
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import nbformat
 import pandas as pd
@@ -142,7 +143,7 @@ def _convert(value: Any, declared_type: str) -> Any:
 
 
 def check_parameters(
-    notebook: str | Path, grid: Mapping[str, Sequence[Any]], fixed: Mapping[str, Any]
+    notebook: str | Path, grid: Mapping[str, Iterable[Any]], fixed: Mapping[str, Any]
 ) -> tuple[dict[str, list[Any]], dict[str, Any]]:
     """Grid and fixed parameters checked against the notebook and converted to its types.
 
@@ -152,23 +153,28 @@ def check_parameters(
     """
     declared = notebook_parameters(notebook)
     if "output_dir" not in declared:
-        raise ValueError(f"{Path(notebook).name} declares no output_dir parameter to write its metrics into")
+        raise ValueError(f"{Path(notebook).name} declares no output_dir parameter for its metrics")
     if "output_dir" in grid or "output_dir" in fixed:
         raise ValueError("output_dir is set by the sweep runner (one folder per config); leave it out")
     unknown = [name for name in [*grid, *fixed] if name not in declared]
     if unknown:
         known = ", ".join(f"{n}: {p['type']}" for n, p in declared.items() if n != "output_dir")
-        raise ValueError(f"{Path(notebook).name} has no parameter {', '.join(unknown)}; it declares {known}")
+        raise ValueError(
+            f"{Path(notebook).name} has no parameter {', '.join(unknown)}; it declares {known}"
+        )
     both = sorted(set(grid) & set(fixed))
     if both:
         raise ValueError(f"{', '.join(both)} given both as a grid axis and as a fixed value")
     checked_grid = {}
     for name, values in grid.items():
-        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
-            raise ValueError(f"{name}={values!r} is not allowed: expected a non-empty list of values")
+        # Any iterable but text makes an axis: a list, a range, numpy.logspace(...).
+        if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
+            raise ValueError(f"{name}={values!r} is not allowed: expected a list of values")
         checked_grid[name] = [coerce_value(name, v, declared[name]["type"]) for v in values]
-        if len(set(map(repr, checked_grid[name]))) < len(values):
-            raise ValueError(f"{name}={list(values)!r} is not allowed: expected distinct values")
+        if not checked_grid[name]:
+            raise ValueError(f"{name}={values!r} is not allowed: expected a non-empty list of values")
+        if len(set(map(repr, checked_grid[name]))) < len(checked_grid[name]):
+            raise ValueError(f"{name}={checked_grid[name]!r} is not allowed: expected distinct values")
     checked_fixed = {name: coerce_value(name, v, declared[name]["type"]) for name, v in fixed.items()}
     return checked_grid, checked_fixed
 
@@ -184,8 +190,14 @@ class NotebookRunError(RuntimeError):
     injected-parameters cell not), so it points at the cell to open and fix.
     """
 
-    def __init__(self, notebook: str, ename: str, evalue: str, cell_index: int | None = None,
-                 cell_source: str | None = None):
+    def __init__(
+        self,
+        notebook: str,
+        ename: str,
+        evalue: str,
+        cell_index: int | None = None,
+        cell_source: str | None = None,
+    ):
         # Every field goes to args so that the error survives pickling across processes.
         super().__init__(notebook, ename, evalue, cell_index, cell_source)
         self.notebook, self.ename, self.evalue = notebook, ename, evalue
@@ -243,15 +255,14 @@ def execute_notebook(
             metrics_path.replace(output_dir / "metrics.incomplete.json")
         raise _run_error(executed, err, timeout) from err
     if not metrics_path.exists():
-        raise NotebookRunError(str(executed), "MissingMetrics",
-                               f"the notebook ran to the end but wrote no {METRICS_FILE} into {output_dir}")
+        evalue = f"the notebook ran to the end but wrote no {METRICS_FILE} into {output_dir}"
+        raise NotebookRunError(str(executed), "MissingMetrics", evalue)
     record = json.loads(metrics_path.read_text())
     if not isinstance(record, dict) or not isinstance(record.get("metrics"), dict):
-        raise NotebookRunError(str(executed), "BadMetrics", f"{metrics_path} holds no \"metrics\" mapping")
+        evalue = f"{metrics_path} holds no \"metrics\" mapping"
+        raise NotebookRunError(str(executed), "BadMetrics", evalue)
     if render_html:
-        from lora_core import reports
-
-        reports.render_html(executed)
+        importlib.import_module("lora_core.reports").render_html(executed)
     return record
 
 
@@ -261,7 +272,7 @@ def _run_error(executed: Path, err: Exception, timeout: float | None) -> Noteboo
     elif isinstance(err, CellTimeoutError):
         ename, evalue = "CellTimeoutError", f"a cell ran longer than timeout={timeout} s"
     elif isinstance(err, DeadKernelError):
-        ename, evalue = "DeadKernelError", "the kernel died (out of memory, or a crash in native code?)"
+        ename, evalue = "DeadKernelError", "the kernel died (out of memory? a crash in native code?)"
     else:
         ename, evalue = type(err).__name__, str(err)
     return NotebookRunError(str(executed), ename, evalue, *_failed_cell(executed))
@@ -321,6 +332,7 @@ def _kernel_options(kernel_name: str | None) -> dict[str, Any]:
         command = None
     if command and os.path.abspath(shutil.which(command) or command) == os.path.abspath(sys.executable):
         return {"kernel_name": "python3"}
+    # nbclient builds its kernel manager from this class, which knows one spec: ours.
     return {"kernel_name": "python3", "kernel_manager_class": _ThisInterpreterKernelManager}
 
 
@@ -373,22 +385,30 @@ def _finished_record(folder: Path, parameters: Mapping[str, Any]) -> dict[str, A
 class SweepResult:
     """What a sweep did: the summary table and the details of every failed config."""
 
-    summary: pd.DataFrame  # as in summary.csv, one row per config in grid order
+    summary: pd.DataFrame  # as load_sweep reads it: one row per config, in grid order
     output_dir: Path
-    failed: list[dict[str, Any]] = field(default_factory=list)  # config, path, ename, evalue, failed_cell, failed_source
+    # Per failed config: config, path, ename, evalue, failed_cell, failed_source, seconds.
+    failed: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.failed
 
 
-def _run_config(notebook: str, folder: str, parameters: dict[str, Any], timeout: float | None,
-                render_html: bool, kernel_name: str | None) -> dict[str, Any]:
+def _run_config(
+    notebook: str,
+    folder: str,
+    parameters: dict[str, Any],
+    timeout: float | None,
+    render_html: bool,
+    kernel_name: str | None,
+) -> dict[str, Any]:
     """Run one config and describe the outcome as plain data (it may cross processes)."""
     start = time.perf_counter()
     try:
-        record = execute_notebook(notebook, folder, parameters, timeout=timeout,
-                                  render_html=render_html, kernel_name=kernel_name)
+        record = execute_notebook(
+            notebook, folder, parameters, timeout, render_html=render_html, kernel_name=kernel_name
+        )
     except NotebookRunError as err:
         outcome = {"status": "failed", "ename": err.ename, "evalue": err.evalue,
                    "failed_cell": err.cell_index, "failed_source": err.cell_source}
@@ -425,19 +445,26 @@ def run_sweep(
     if timeout is not None:
         timeout = check_float("timeout", timeout, low=0, low_inclusive=False)
     if executor is not None and not isinstance(executor, Executor):
-        raise ValueError(f"executor={executor!r} is not allowed: expected a concurrent.futures.Executor")
+        raise ValueError(
+            f"executor={executor!r} is not allowed: expected a concurrent.futures.Executor"
+        )
     grid, fixed = check_parameters(notebook, grid, dict(fixed or {}))
-    if render_html:
-        _require_reports()  # now, rather than once per config
+    if render_html and _reports() is None:  # said now, rather than once per config
+        raise ModuleNotFoundError("HTML rendering needs lora_core.reports; pass render_html=False")
 
     output_dir = Path(output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     # The same order as the in-notebook route (config_grid): the last axis varies fastest.
     configs = [{**config, **fixed} for config in config_grid(**grid)]
     names = [config_name({k: c[k] for k in grid}) for c in configs]
-    sweep = {"notebook": str(notebook), "grid": grid, "fixed": fixed,
-             "configs": [{"path": n, "parameters": c} for n, c in zip(names, configs)],
-             "started": _now(), "finished": None}
+    sweep = {
+        "notebook": str(notebook),
+        "grid": grid,
+        "fixed": fixed,
+        "configs": [{"path": n, "parameters": c} for n, c in zip(names, configs)],
+        "started": _now(),
+        "finished": None,
+    }
     _write_atomically(output_dir / SWEEP_FILE, json.dumps(sweep, indent=1))
 
     rows, todo = {}, []
@@ -452,13 +479,21 @@ def run_sweep(
     _write_summary(output_dir, rows.values(), columns)
 
     failed = []
-    with tqdm(total=len(configs), initial=len(configs) - len(todo), unit="config",
-              disable=not progress, desc=notebook.stem) as bar:
+    bar = tqdm(
+        total=len(configs),
+        initial=len(configs) - len(todo),
+        unit="config",
+        disable=not progress,
+        desc=notebook.stem,
+    )
+    with bar:
         for name in names:
             if rows[name]["status"] == "skipped":
-                bar.write(f"skipped          {output_dir / name}")
-        tasks = {name: (str(notebook), str(output_dir / name), config, timeout, render_html, kernel_name)
-                 for name, config in todo}
+                bar.write(f"skipped {'':>9}  {output_dir / name}")
+        tasks = {
+            name: (str(notebook), str(output_dir / name), config, timeout, render_html, kernel_name)
+            for name, config in todo
+        }
         # closing(): a pool of our own is shut down even when the sweep is interrupted.
         with contextlib.closing(_outcomes(tasks, jobs, executor)) as outcomes:
             for name, outcome in outcomes:
@@ -467,8 +502,10 @@ def run_sweep(
                 if outcome["status"] == "failed":
                     failed.append({"config": tasks[name][2], "path": name, **outcome})
                 bar.update()
-                error = f"  {outcome['ename']}: {outcome['evalue']}" if outcome["status"] == "failed" else ""
-                bar.write(f"{outcome['status']:<7} {outcome['seconds']:7.1f} s  {output_dir / name}{error}")
+                line = f"{outcome['status']:<7} {outcome['seconds']:7.1f} s  {output_dir / name}"
+                if outcome["status"] == "failed":
+                    line += f"  {outcome['ename']}: {outcome['evalue']}"
+                bar.write(line)
 
     sweep["finished"] = _now()
     _write_atomically(output_dir / SWEEP_FILE, json.dumps(sweep, indent=1))
@@ -479,7 +516,9 @@ def run_sweep(
     return result
 
 
-def _outcomes(tasks: dict[str, tuple], jobs: int, executor: Executor | None) -> Iterator[tuple[str, dict]]:
+def _outcomes(
+    tasks: dict[str, tuple], jobs: int, executor: Executor | None
+) -> Iterator[tuple[str, dict]]:
     """(config name, outcome) as configs finish."""
     if executor is None and jobs == 1:
         for name, task in tasks.items():
@@ -489,15 +528,18 @@ def _outcomes(tasks: dict[str, tuple], jobs: int, executor: Executor | None) -> 
     if own_pool:
         # spawn, not fork: forking a process that holds kernel clients and progress-bar
         # threads (or a Jupyter kernel, when a sweep is started from a notebook) is unsafe.
-        executor = ProcessPoolExecutor(max_workers=min(jobs, max(len(tasks), 1)),
-                                       mp_context=multiprocessing.get_context("spawn"))
+        executor = ProcessPoolExecutor(
+            max_workers=min(jobs, max(len(tasks), 1)),
+            mp_context=multiprocessing.get_context("spawn"),
+        )
     try:
         futures = {executor.submit(_run_config, *task): name for name, task in tasks.items()}
         for future in as_completed(futures):
             try:
                 outcome = future.result()
-            except Exception as err:  # the executor failed this config (e.g. a worker was killed)
-                outcome = {"status": "failed", "ename": type(err).__name__, "evalue": str(err), "seconds": math.nan}
+            except Exception as err:  # the executor lost this config (e.g. a worker was killed)
+                outcome = {"status": "failed", "ename": type(err).__name__, "evalue": str(err),
+                           "seconds": math.nan}
             yield futures[future], outcome
     finally:
         if own_pool:
@@ -548,41 +590,38 @@ def _now() -> str:
 def _summary_text(notebook: Path, result: SweepResult) -> str:
     status = result.summary["status"]
     counts = ", ".join(f"{(status == s).sum()} {s}" for s in ("ok", "failed", "skipped"))
-    lines = [f"sweep of {notebook.name}: {len(status)} configs ({counts}) -> {result.output_dir / SUMMARY_FILE}"]
+    summary_csv = result.output_dir / SUMMARY_FILE
+    lines = [f"sweep of {notebook.name}: {len(status)} configs ({counts}) -> {summary_csv}"]
     if "diverged" in result.summary:
-        diverged = result.summary.loc[result.summary["diverged"] == True, "path"]  # noqa: E712 (NaN-safe)
+        # == True rather than the column itself: the column is NaN for failed configs.
+        diverged = result.summary.loc[result.summary["diverged"] == True, "path"]  # noqa: E712
         lines += [f"  diverged: {name}" for name in diverged]
     for failure in result.failed:
         lines.append(f"  failed: {failure['path']}: {failure['ename']}: {failure['evalue']}")
         if failure.get("failed_cell") is not None:
             lines.append(f"    in cell {failure['failed_cell']}:")
             source = (failure.get("failed_source") or "").strip().splitlines()
-            lines += [f"    | {line}" for line in source[:8]] + (["    | ..."] if len(source) > 8 else [])
+            lines += [f"    | {line}" for line in source[:8]]
+            lines += ["    | ..."] if len(source) > 8 else []
     return "\n".join(lines)
 
 
-def _require_reports() -> None:
+def _reports():
+    """The lora_core.reports module, or None where it is not installed."""
     try:
-        from lora_core import reports  # noqa: F401
+        return importlib.import_module("lora_core.reports")
     except ModuleNotFoundError as err:
-        if err.name != "lora_core.reports":
+        if err.name != "lora_core.reports":  # reports itself is there but broken: say so
             raise
-        raise ModuleNotFoundError("rendering runs as HTML needs lora_core.reports; "
-                                  "pass render_html=False (--no-html) to skip it", name=err.name) from err
+        return None
 
 
 def _update_reports_index(output_dir: Path) -> None:
     """Refresh the reports index when the sweep was written inside a reports folder."""
     root = next((p for p in output_dir.parents if p.name == "reports"), None)
-    if root is None:
-        return
-    try:
-        from lora_core import reports
-    except ModuleNotFoundError as err:
-        if err.name != "lora_core.reports":
-            raise
-        return
-    reports.build_index(root)
+    reports = _reports()
+    if root is not None and reports is not None:
+        reports.build_index(root)
 
 
 def load_sweep(output_dir: str | Path) -> pd.DataFrame:
@@ -594,7 +633,9 @@ def load_sweep(output_dir: str | Path) -> pd.DataFrame:
     """
     output_dir = Path(output_dir)
     if not (output_dir / SUMMARY_FILE).exists():
-        raise ValueError(f"output_dir={str(output_dir)!r} is not allowed: expected a sweep folder holding {SUMMARY_FILE}")
+        raise ValueError(
+            f"output_dir={str(output_dir)!r} is not allowed: expected a folder holding {SUMMARY_FILE}"
+        )
     sweep = json.loads((output_dir / SWEEP_FILE).read_text())
     rows = pd.read_csv(output_dir / SUMMARY_FILE).to_dict("records")
     configs = {c["path"]: c["parameters"] for c in sweep["configs"]}
@@ -602,7 +643,8 @@ def load_sweep(output_dir: str | Path) -> pd.DataFrame:
         config = configs.get(row["path"])
         if config is None:
             continue
-        record = _finished_record(output_dir / row["path"], config) if row["status"] == "pending" else None
+        pending = row["status"] == "pending"
+        record = _finished_record(output_dir / row["path"], config) if pending else None
         if record is not None:
             row = {**row, **_row(config, row["path"], {"status": "ok", "metrics": record["metrics"]})}
         rows[i] = {**row, **config}
@@ -633,36 +675,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("-f", "--parameters-file", metavar="YAML",
                         help="parameters in papermill's YAML style; a list value is a grid axis")
     parser.add_argument("--output", required=True, help="the sweep folder")
-    parser.add_argument("--jobs", type=int, default=1, help="configs run at once, in separate processes")
-    parser.add_argument("--no-resume", action="store_true", help="rerun configs that already finished")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="configs run at once, in separate processes")
+    parser.add_argument("--no-resume", action="store_true",
+                        help="rerun configs that already finished")
     parser.add_argument("--timeout", type=float, help="seconds any one cell may run")
     parser.add_argument("--no-html", action="store_true", help="skip the HTML rendering of each run")
     parser.add_argument("--kernel", help="a Jupyter kernel name (default: this Python interpreter)")
     args = parser.parse_args(argv)
 
+    # Mistakes in what was asked for exit with status 2 and nothing run; failed configs, 1.
     try:
-        declared = notebook_parameters(args.notebook)
-        grid, fixed = {}, {}
-        if args.parameters_file:
-            loaded = yaml.safe_load(Path(args.parameters_file).read_text()) or {}
-            if not isinstance(loaded, dict):
-                raise ValueError(f"{args.parameters_file}: expected a mapping of parameter names to values")
-            for name, value in loaded.items():
-                (grid if isinstance(value, list) else fixed)[name] = value
-        for text in args.param:
-            name, value = _assignment(text, "--param")
-            grid.pop(name, None)
-            fixed[name] = _cli_value(value, declared.get(name))
-        for text in args.grid:
-            name, values = _assignment(text, "--grid")
-            fixed.pop(name, None)
-            grid[name] = [_cli_value(v.strip(), declared.get(name)) for v in values.split(",")]
+        grid, fixed = _cli_parameters(args)
         result = run_sweep(args.notebook, grid, fixed, args.output, jobs=args.jobs,
                            resume=not args.no_resume, timeout=args.timeout,
                            render_html=not args.no_html, kernel_name=args.kernel)
-    except (ValueError, argparse.ArgumentTypeError, OSError) as err:
+    except (ValueError, argparse.ArgumentTypeError, yaml.YAMLError) as err:
         parser.error(str(err))
     return 0 if result.ok else 1
+
+
+def _cli_parameters(args: argparse.Namespace) -> tuple[dict[str, list], dict[str, Any]]:
+    """(grid, fixed) from -f, then --param and --grid, later ones winning."""
+    declared = notebook_parameters(args.notebook)
+    grid, fixed = {}, {}
+    if args.parameters_file:
+        path = Path(args.parameters_file)
+        if not path.is_file():
+            raise ValueError(f"-f {path}: no such file")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"-f {path}: expected a mapping of parameter names to values")
+        for name, value in loaded.items():
+            (grid if isinstance(value, list) else fixed)[name] = value
+    for text in args.param:
+        name, value = _assignment(text, "--param")
+        grid.pop(name, None)
+        fixed[name] = _cli_value(value, declared.get(name))
+    for text in args.grid:
+        name, values = _assignment(text, "--grid")
+        fixed.pop(name, None)
+        grid[name] = [_cli_value(v.strip(), declared.get(name)) for v in values.split(",")]
+    return grid, fixed
 
 
 def _cli_value(text: str, declared: dict[str, Any] | None) -> Any:

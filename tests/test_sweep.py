@@ -294,3 +294,12 @@ def test_sweep_inside_a_reports_folder_appears_in_its_index(finished, tmp_path):
     shutil.copytree(finished[0], folder)
     sweep(folder, GRID)  # everything is skipped; only the index is written
     assert "sweeps/quadratic" in (tmp_path / "reports" / "index.html").read_text()
+
+
+def test_html_asked_for_without_the_reports_module_is_refused_before_anything_runs(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setitem(sys.modules, "lora_core.reports", None)  # as if it were not installed
+    with pytest.raises(ModuleNotFoundError, match="render_html=False"):
+        sweep(tmp_path / "out", {"x": [1]}, render_html=True)
+    assert not (tmp_path / "out").exists()
