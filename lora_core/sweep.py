@@ -547,10 +547,12 @@ def _outcomes(
 
 
 def _row(config: Mapping[str, Any], name: str, outcome: Mapping[str, Any]) -> dict[str, Any]:
+    """A summary row: parameters, scalar metrics ("metrics."-prefixed on a name clash), status."""
     row = dict(config)
     for metric, value in outcome.get("metrics", {}).items():
         if value is None or isinstance(value, (bool, int, float, str)):
-            row[metric if metric not in row else f"metrics.{metric}"] = value
+            clash = metric in row or metric in STATUS_COLUMNS
+            row[f"metrics.{metric}" if clash else metric] = value
     failed = outcome["status"] == "failed"
     row.update(
         status=outcome["status"],
