@@ -8,6 +8,10 @@
     training   train -> History, evaluate, seed_everything, resolve_device
     multi      train_many: many adapters over one frozen base in one loop (sweeps)
     cache      pretrain_base: the blog's pre-trained base, cached on disk
+    plotting   the figures of the notebooks (loss curves, ΔΘ heatmaps, sweep heatmaps)
+    reports    what a run leaves behind: metrics.json, figures, HTML, the reports index
+    regression check a run's metrics against a committed baseline (lora-regress)
+    sweep      execute notebooks with papermill, one run or a whole grid (lora-sweep)
 """
 
 __version__ = "0.1.0"
@@ -35,10 +39,50 @@ from .tasks import (
     make_regression,
     shift_theta,
 )
+from .plotting import (
+    plot_delta_grid,
+    plot_delta_heatmap,
+    plot_loss_curves,
+    plot_metric_heatmap,
+    plot_metric_vs,
+    plot_singular_values,
+)
+from .regression import BaselineError, RegressionReport, check_metrics, update_baseline
+from .reports import (
+    build_index,
+    environment_info,
+    read_metrics,
+    render_html,
+    save_figure,
+    write_json_atomic,
+    write_metrics,
+)
 from .training import History, evaluate, resolve_device, seed_everything, train
 
+# The notebook runner imports papermill, which a notebook kernel never needs: its names
+# load on first use, so `import lora_core` inside every executed notebook stays quick.
+_SWEEP_NAMES = (
+    "NotebookRunError",
+    "SweepResult",
+    "execute_notebook",
+    "load_sweep",
+    "notebook_parameters",
+    "run_sweep",
+)
+
+
+def __getattr__(name):
+    if name in _SWEEP_NAMES:
+        from . import sweep
+
+        return getattr(sweep, name)
+    raise AttributeError(f"module 'lora_core' has no attribute {name!r}")
+
 __all__ = [
+    *_SWEEP_NAMES,
     "AdapterRun",
+    "BaselineError",
+    "RegressionReport",
     "BLOG_LORA_LOSSES",
     "BLOG_MERGED_LOSS",
     "BLOG_PRETRAIN_LOSSES",
@@ -47,9 +91,12 @@ __all__ = [
     "LoRALinear",
     "adapter_deltas",
     "add_lora",
+    "build_index",
+    "check_metrics",
     "compare_delta",
     "config_grid",
     "count_parameters",
+    "environment_info",
     "evaluate",
     "load_adapter",
     "lora_modules",
@@ -58,14 +105,26 @@ __all__ = [
     "low_rank_error",
     "make_regression",
     "merge_lora",
+    "plot_delta_grid",
+    "plot_delta_heatmap",
+    "plot_loss_curves",
+    "plot_metric_heatmap",
+    "plot_metric_vs",
+    "plot_singular_values",
     "pretrain_base",
+    "read_metrics",
+    "render_html",
     "read_adapter_config",
     "resolve_device",
     "save_adapter",
+    "save_figure",
     "seed_everything",
     "shift_theta",
     "train",
     "train_many",
     "unload_lora",
     "unmerge_lora",
+    "update_baseline",
+    "write_json_atomic",
+    "write_metrics",
 ]
