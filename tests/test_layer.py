@@ -156,10 +156,3 @@ def test_matches_peft_lora_layer_with_the_same_factors():
     x = torch.randn(5, 11)
     assert torch.allclose(model(x), ours(x), atol=1e-5)
 
-
-def test_every_public_name_is_reexported_and_importable():
-    import lora_core
-
-    missing = [name for name in lora_core.__all__ if not hasattr(lora_core, name)]
-    assert not missing
-    assert len(set(lora_core.__all__)) == len(lora_core.__all__)
