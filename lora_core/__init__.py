@@ -11,7 +11,8 @@
     plotting   the figures of the notebooks (loss curves, ΔΘ heatmaps, sweep heatmaps)
     reports    what a run leaves behind: metrics.json, figures, HTML, the reports index
     regression check a run's metrics against a committed baseline (lora-regress)
-    sweep      execute notebooks with papermill, one run or a whole grid (lora-sweep)
+    execute    run one notebook with papermill: parameters checked, failures explained
+    sweep      run a notebook over a whole grid, resumably, in parallel (lora-sweep)
 """
 
 __version__ = "0.1.0"
@@ -61,25 +62,25 @@ from .training import History, evaluate, resolve_device, seed_everything, train
 
 # The notebook runner imports papermill, which a notebook kernel never needs: its names
 # load on first use, so `import lora_core` inside every executed notebook stays quick.
-_SWEEP_NAMES = (
-    "NotebookRunError",
-    "SweepResult",
-    "execute_notebook",
-    "load_sweep",
-    "notebook_parameters",
-    "run_sweep",
-)
+_LAZY = {
+    "NotebookRunError": "execute",
+    "execute_notebook": "execute",
+    "notebook_parameters": "execute",
+    "SweepResult": "sweep",
+    "load_sweep": "sweep",
+    "run_sweep": "sweep",
+}
 
 
 def __getattr__(name):
-    if name in _SWEEP_NAMES:
-        from . import sweep
+    if name in _LAZY:
+        import importlib
 
-        return getattr(sweep, name)
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'lora_core' has no attribute {name!r}")
 
 __all__ = [
-    *_SWEEP_NAMES,
+    *_LAZY,
     "AdapterRun",
     "BaselineError",
     "RegressionReport",

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from .regression import check_metrics
 from .reports import build_index
-from .sweep import NotebookRunError, execute_notebook, run_sweep
+from .execute import NotebookRunError, execute_notebook
+from .sweep import run_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ("01_rank1_recovery", "02_rank_sweep", "03_alpha_sweep", "04_sweep_report")

@@ -29,312 +29,41 @@ Configs run one after another in this process, in a pool of separate processes
 from __future__ import annotations
 
 import argparse
-import ast
 import contextlib
 import datetime
 import hashlib
-import importlib
 import json
 import math
 import multiprocessing
-import numbers
 import os
 import re
-import shutil
 import sys
 import time
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
-import nbformat
 import pandas as pd
-import papermill
 import yaml
-from jupyter_client.kernelspec import KernelSpec, KernelSpecManager, NoSuchKernel
-from jupyter_client.manager import AsyncKernelManager, KernelManager
-from nbclient.exceptions import CellTimeoutError, DeadKernelError
-from papermill.exceptions import PapermillExecutionError
 from tqdm.auto import tqdm
-from traitlets import default
 
-from lora_core.multi import config_grid
-from lora_core.validation import check_float, check_int
+from .execute import (
+    CHECKED_TYPES,
+    METRICS_FILE,
+    NotebookRunError,
+    check_parameters,
+    execute_notebook,
+    existing_notebook,
+    notebook_parameters,
+)
+from .multi import config_grid
+from .reports import build_index
+from .validation import check_float, check_int
 
 SUMMARY_FILE = "summary.csv"
 SWEEP_FILE = "sweep.json"
-METRICS_FILE = "metrics.json"
 STATUS_COLUMNS = ["status", "error", "failed_cell", "seconds", "path"]
-
-# ---------------------------------------------------------------------------------------
-# The notebook's declared parameters
-
-
-def notebook_parameters(notebook: str | Path) -> dict[str, dict[str, Any]]:
-    """The parameters a notebook declares: name -> {"type", "default", "help"}.
-
-    Read from the ``parameters`` cell by ``papermill.inspect_notebook``: "type" is the
-    annotation's text ("None" when there is none), "default" the value when it is a
-    Python literal (else its source text), "help" the trailing comment.
-    """
-    path = _existing_notebook(notebook)
-    declared = papermill.inspect_notebook(str(path))
-    return {
-        name: {"type": p["inferred_type_name"], "default": _literal(p["default"]), "help": p["help"]}
-        for name, p in declared.items()
-    }
-
-
-def _existing_notebook(notebook: str | Path) -> Path:
-    path = Path(notebook).resolve()
-    if path.suffix != ".ipynb" or not path.is_file():
-        raise ValueError(f"notebook={str(notebook)!r} is not allowed: expected an existing .ipynb file")
-    return path
-
-
-def _literal(source: str) -> Any:
-    try:
-        return ast.literal_eval(source)
-    except (ValueError, SyntaxError):
-        return source
-
-
-_BOOL_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
-_ARTICLES = {"int": "an int", "float": "a float", "str": "a str", "bool": "a bool"}
-
-
-def coerce_value(name: str, value: Any, declared_type: str) -> Any:
-    """``value`` as the declared type, converting command-line text ("4", "1e-3", "true").
-
-    Types papermill cannot name precisely (no annotation, ``list``, ``Optional[...]``)
-    are passed through unchecked.
-    """
-    if declared_type not in _ARTICLES:
-        return value
-    converted = _convert(value, declared_type)
-    if converted is None:
-        raise ValueError(
-            f"{name}={value!r} is not allowed: expected {_ARTICLES[declared_type]} "
-            f"(the notebook declares {name}: {declared_type})"
-        )
-    return converted
-
-
-def _convert(value: Any, declared_type: str) -> Any:
-    """The converted value, or None when it does not fit the type."""
-    if isinstance(value, str) and declared_type != "str":
-        text = value.strip()
-        if declared_type == "bool":
-            return _BOOL_WORDS.get(text.lower())
-        try:
-            return int(text) if declared_type == "int" else float(text)
-        except ValueError:
-            return None
-    if isinstance(value, bool):
-        return value if declared_type == "bool" else None
-    if declared_type == "int":
-        return int(value) if isinstance(value, numbers.Integral) else None
-    if declared_type == "float":
-        return float(value) if isinstance(value, numbers.Real) else None
-    if declared_type == "str":
-        return value if isinstance(value, str) else None
-    return None
-
-
-def check_parameters(
-    notebook: str | Path, grid: Mapping[str, Iterable[Any]], fixed: Mapping[str, Any]
-) -> tuple[dict[str, list[Any]], dict[str, Any]]:
-    """Grid and fixed parameters checked against the notebook and converted to its types.
-
-    Raises ``ValueError`` for an unknown name (listing the known ones), an ill-typed
-    value, ``output_dir`` (the runner sets it), a name in both, or an empty or repeated
-    grid axis.
-    """
-    declared = notebook_parameters(notebook)
-    if "output_dir" not in declared:
-        raise ValueError(f"{Path(notebook).name} declares no output_dir parameter for its metrics")
-    if "output_dir" in grid or "output_dir" in fixed:
-        raise ValueError("output_dir is set by the sweep runner (one folder per config); leave it out")
-    unknown = [name for name in [*grid, *fixed] if name not in declared]
-    if unknown:
-        known = ", ".join(f"{n}: {p['type']}" for n, p in declared.items() if n != "output_dir")
-        raise ValueError(
-            f"{Path(notebook).name} has no parameter {', '.join(unknown)}; it declares {known}"
-        )
-    both = sorted(set(grid) & set(fixed))
-    if both:
-        raise ValueError(f"{', '.join(both)} given both as a grid axis and as a fixed value")
-    checked_grid = {}
-    for name, values in grid.items():
-        # Any iterable but text makes an axis: a list, a range, numpy.logspace(...).
-        if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
-            raise ValueError(f"{name}={values!r} is not allowed: expected a list of values")
-        checked_grid[name] = [coerce_value(name, v, declared[name]["type"]) for v in values]
-        if not checked_grid[name]:
-            raise ValueError(f"{name}={values!r} is not allowed: expected a non-empty list of values")
-        if len(set(map(repr, checked_grid[name]))) < len(checked_grid[name]):
-            raise ValueError(f"{name}={checked_grid[name]!r} is not allowed: expected distinct values")
-    checked_fixed = {name: coerce_value(name, v, declared[name]["type"]) for name, v in fixed.items()}
-    return checked_grid, checked_fixed
-
-
-# ---------------------------------------------------------------------------------------
-# One run
-
-
-class NotebookRunError(RuntimeError):
-    """A run that did not end with a metrics.json: what went wrong, and in which cell.
-
-    ``cell_index`` counts the cells of the notebook as written (markdown included, the
-    injected-parameters cell not), so it points at the cell to open and fix.
-    """
-
-    def __init__(
-        self,
-        notebook: str,
-        ename: str,
-        evalue: str,
-        cell_index: int | None = None,
-        cell_source: str | None = None,
-    ):
-        # Every field goes to args so that the error survives pickling across processes.
-        super().__init__(notebook, ename, evalue, cell_index, cell_source)
-        self.notebook, self.ename, self.evalue = notebook, ename, evalue
-        self.cell_index, self.cell_source = cell_index, cell_source
-
-    def __str__(self) -> str:
-        where = "" if self.cell_index is None else f" in cell {self.cell_index}"
-        return f"{self.notebook}: {self.ename}{where}: {self.evalue}"
-
-
-def execute_notebook(
-    notebook: str | Path,
-    output_dir: str | Path,
-    parameters: Mapping[str, Any] | None = None,
-    timeout: float | None = None,
-    progress: bool = False,
-    render_html: bool = True,
-    kernel_name: str | None = None,
-) -> dict[str, Any]:
-    """Run ``notebook`` once with papermill and return the metrics.json it wrote.
-
-    The executed copy goes to ``{output_dir}/{notebook stem}.ipynb``, with ``output_dir``
-    injected as an absolute path; the kernel starts in the notebook's own folder, so
-    relative paths mean the same under papermill as interactively. ``timeout`` is the
-    most seconds any one cell may run. The kernel is this Python interpreter unless
-    ``kernel_name`` names another. Raises ``NotebookRunError`` when a cell raises, the
-    kernel dies, a cell times out or no metrics.json appears.
-    """
-    notebook = _existing_notebook(notebook)
-    if timeout is not None:
-        timeout = check_float("timeout", timeout, low=0, low_inclusive=False)
-    _, parameters = check_parameters(notebook, {}, dict(parameters or {}))
-    output_dir = Path(output_dir).resolve()
-    output_dir.mkdir(parents=True, exist_ok=True)
-    executed = output_dir / f"{notebook.stem}.ipynb"
-    metrics_path = output_dir / METRICS_FILE
-    # A metrics.json left by an earlier run must never pass for this run's.
-    metrics_path.unlink(missing_ok=True)
-    try:
-        papermill.execute_notebook(
-            str(notebook),
-            str(executed),
-            parameters={**parameters, "output_dir": str(output_dir)},
-            progress_bar=progress,
-            execution_timeout=timeout,
-            # The kernel's working directory, set without papermill's cwd= (a process-wide
-            # chdir) so that runs on a thread pool cannot change each other's folder.
-            resources={"metadata": {"path": str(notebook.parent)}},
-            **_kernel_options(kernel_name),
-        )
-    except Exception as err:
-        # Metrics written before a later cell failed describe a run that did not finish;
-        # kept aside so that neither a resumed sweep nor the reports index takes them.
-        if metrics_path.exists():
-            metrics_path.replace(output_dir / "metrics.incomplete.json")
-        raise _run_error(executed, err, timeout) from err
-    if not metrics_path.exists():
-        evalue = f"the notebook ran to the end but wrote no {METRICS_FILE} into {output_dir}"
-        raise NotebookRunError(str(executed), "MissingMetrics", evalue)
-    record = json.loads(metrics_path.read_text())
-    if not isinstance(record, dict) or not isinstance(record.get("metrics"), dict):
-        evalue = f"{metrics_path} holds no \"metrics\" mapping"
-        raise NotebookRunError(str(executed), "BadMetrics", evalue)
-    if render_html:
-        importlib.import_module("lora_core.reports").render_html(executed)
-    return record
-
-
-def _run_error(executed: Path, err: Exception, timeout: float | None) -> NotebookRunError:
-    if isinstance(err, PapermillExecutionError):
-        ename, evalue = err.ename, err.evalue
-    elif isinstance(err, CellTimeoutError):
-        ename, evalue = "CellTimeoutError", f"a cell ran longer than timeout={timeout} s"
-    elif isinstance(err, DeadKernelError):
-        ename, evalue = "DeadKernelError", "the kernel died (out of memory? a crash in native code?)"
-    else:
-        ename, evalue = type(err).__name__, str(err)
-    return NotebookRunError(str(executed), ename, evalue, *_failed_cell(executed))
-
-
-def _failed_cell(executed: Path) -> tuple[int | None, str | None]:
-    """(index in the notebook as written, source) of the cell a run stopped in.
-
-    papermill marks a cell that raised; a timeout or a dead kernel leaves no mark, and
-    then the last cell that started is the one that never finished.
-    """
-    if not executed.exists():
-        return None, None
-    added_by_papermill = {"injected-parameters", "papermill-error-cell-tag"}
-    cells = [
-        cell for cell in nbformat.read(executed, as_version=4).cells
-        if not added_by_papermill & set(cell.metadata.get("tags", []))
-    ]
-    marks = [cell.metadata.get("papermill", {}) for cell in cells]
-    raised = [i for i, mark in enumerate(marks) if mark.get("exception")]
-    started = [i for i, mark in enumerate(marks) if mark.get("start_time")]
-    index = (raised or started or [None])[-1]
-    return (None, None) if index is None else (index, cells[index].source)
-
-
-class _ThisInterpreterSpecs(KernelSpecManager):
-    """Kernel specs in which every name means an ipykernel on this very interpreter."""
-
-    def get_kernel_spec(self, kernel_name: str) -> KernelSpec:
-        return KernelSpec(
-            argv=[sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-            display_name=f"Python ({sys.executable})",
-            language="python",
-            name=kernel_name,
-        )
-
-
-class _ThisInterpreterKernelManager(AsyncKernelManager):
-    @default("kernel_spec_manager")
-    def _this_interpreter_specs(self) -> KernelSpecManager:
-        return _ThisInterpreterSpecs()
-
-
-def _kernel_options(kernel_name: str | None) -> dict[str, Any]:
-    """papermill keyword arguments that run the kernel on this Python interpreter.
-
-    The "python3" kernel spec is used as it is when it resolves to this interpreter (as
-    the one ipykernel installs in an environment does); a spec pointing elsewhere (a
-    user-wide install, another environment) is bypassed, since the notebooks need the
-    packages of the environment the sweep runs in.
-    """
-    if kernel_name is not None:
-        return {"kernel_name": kernel_name}
-    try:
-        command = KernelManager(kernel_name="python3").format_kernel_cmd()[0]
-    except NoSuchKernel:
-        command = None
-    if command and os.path.abspath(shutil.which(command) or command) == os.path.abspath(sys.executable):
-        return {"kernel_name": "python3"}
-    # nbclient builds its kernel manager from this class, which knows one spec: ours.
-    return {"kernel_name": "python3", "kernel_manager_class": _ThisInterpreterKernelManager}
-
 
 # ---------------------------------------------------------------------------------------
 # The grid
@@ -440,7 +169,7 @@ def run_sweep(
     summary.csv is rewritten as each config finishes, so an interrupted sweep's folder
     is still readable (see ``load_sweep``).
     """
-    notebook = _existing_notebook(notebook)
+    notebook = existing_notebook(notebook)
     jobs = check_int("jobs", jobs, low=1)
     if timeout is not None:
         timeout = check_float("timeout", timeout, low=0, low_inclusive=False)
@@ -449,8 +178,6 @@ def run_sweep(
             f"executor={executor!r} is not allowed: expected a concurrent.futures.Executor"
         )
     grid, fixed = check_parameters(notebook, grid, dict(fixed or {}))
-    if render_html and _reports() is None:  # said now, rather than once per config
-        raise ModuleNotFoundError("HTML rendering needs lora_core.reports; pass render_html=False")
 
     output_dir = Path(output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -608,22 +335,11 @@ def _summary_text(notebook: Path, result: SweepResult) -> str:
     return "\n".join(lines)
 
 
-def _reports():
-    """The lora_core.reports module, or None where it is not installed."""
-    try:
-        return importlib.import_module("lora_core.reports")
-    except ModuleNotFoundError as err:
-        if err.name != "lora_core.reports":  # reports itself is there but broken: say so
-            raise
-        return None
-
-
 def _update_reports_index(output_dir: Path) -> None:
     """Refresh the reports index when the sweep was written inside a reports folder."""
     root = next((p for p in output_dir.parents if p.name == "reports"), None)
-    reports = _reports()
-    if root is not None and reports is not None:
-        reports.build_index(root)
+    if root is not None:
+        build_index(root)
 
 
 def load_sweep(output_dir: str | Path) -> pd.DataFrame:
@@ -724,7 +440,7 @@ def _cli_parameters(args: argparse.Namespace) -> tuple[dict[str, list], dict[str
 def _cli_value(text: str, declared: dict[str, Any] | None) -> Any:
     """Command-line text for a parameter: converted later when its type is declared,
     read as YAML (like papermill's -y) when it is not, so ``seed = 0`` gets an int."""
-    if declared is None or declared["type"] in _ARTICLES:
+    if declared is None or declared["type"] in CHECKED_TYPES:
         return text
     return yaml.safe_load(text)
 

@@ -14,15 +14,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from lora_core.sweep import (
-    check_parameters,
-    coerce_value,
-    config_name,
-    execute_notebook,
-    load_sweep,
-    notebook_parameters,
-    run_sweep,
-)
+from lora_core.execute import check_parameters, coerce_value, execute_notebook, notebook_parameters
+from lora_core.sweep import config_name, load_sweep, run_sweep
 
 NOTEBOOK = Path(__file__).parent / "data" / "quadratic.ipynb"
 REPO = Path(__file__).resolve().parents[1]
@@ -283,23 +276,14 @@ def test_kernel_spec_pointing_elsewhere_is_bypassed_for_this_interpreter(tmp_pat
 
 
 def test_execute_notebook_renders_html_next_to_the_executed_notebook(tmp_path):
-    pytest.importorskip("lora_core.reports")
     execute_notebook(NOTEBOOK, tmp_path / "run", {"x": 4})
     assert list((tmp_path / "run").glob("*.html"))
 
 
 def test_sweep_inside_a_reports_folder_appears_in_its_index(finished, tmp_path):
-    pytest.importorskip("lora_core.reports")
     folder = tmp_path / "reports" / "sweeps" / "quadratic"
     shutil.copytree(finished[0], folder)
     sweep(folder, GRID)  # everything is skipped; only the index is written
     assert "sweeps/quadratic" in (tmp_path / "reports" / "index.html").read_text()
 
 
-def test_html_asked_for_without_the_reports_module_is_refused_before_anything_runs(
-    tmp_path, monkeypatch
-):
-    monkeypatch.setitem(sys.modules, "lora_core.reports", None)  # as if it were not installed
-    with pytest.raises(ModuleNotFoundError, match="render_html=False"):
-        sweep(tmp_path / "out", {"x": [1]}, render_html=True)
-    assert not (tmp_path / "out").exists()
