@@ -3,13 +3,16 @@
     python -m lora_core reproduce                  # all notebooks, full seed scale, CPU
     python -m lora_core reproduce --device cuda    # the same on a GPU
     python -m lora_core reproduce --only 01_rank1_recovery
+    python -m lora_core reproduce --param n=512 --param d_in=65 --param d_out=64 --baselines small
 
 Each notebook runs with its defaults (the blog's full scale) under papermill into
 ``reports/<notebook>/``; notebook 01 is also swept over r × lora_alpha with the grid runner
 into ``reports/sweeps/01_r_x_alpha/``, which notebook 04 then aggregates. Every run is
-checked against its committed baseline (``reports/baselines/<notebook>.full.json``), the
-reports index is rebuilt, and the command exits non-zero if a notebook failed or a
-metric drifted. A failing notebook does not stop the others.
+checked against its committed baseline (``reports/baselines/<notebook>.full.json``, or
+``.small.json`` with ``--baselines small``), the reports index is rebuilt, and the
+command exits non-zero if a notebook failed or a metric drifted. A failing notebook does
+not stop the others. ``--param NAME=VALUE`` sets a parameter in every notebook that
+declares it.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pathlib import Path
 
 from .regression import check_metrics
 from .reports import build_index
-from .execute import NotebookRunError, execute_notebook
+from .execute import NotebookRunError, execute_notebook, notebook_parameters
 from .sweep import run_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,19 +34,30 @@ SWEEP_NAME = "sweeps/01_r_x_alpha"
 SWEEP_GRID = {"r": [1, 2, 4], "lora_alpha": [0.5, 1.0, 8.0]}
 
 
+def _declared(notebook: Path, params: dict) -> dict:
+    """The subset of ``params`` that ``notebook`` declares (text is converted by the runner)."""
+    declared = notebook_parameters(notebook)
+    return {k: v for k, v in params.items() if k in declared}
+
+
 def reproduce(
-    notebooks_dir: Path, reports_dir: Path, device: str, only: list[str] | None, jobs: int
+    notebooks_dir: Path,
+    reports_dir: Path,
+    params: dict,
+    only: list[str] | None = None,
+    jobs: int = 1,
+    baselines: str = "full",
 ) -> int:
     """Run the plan; return the process exit status."""
     failures, drifts = [], []
     for name in only or NOTEBOOKS:
         notebook = notebooks_dir / f"{name}.ipynb"
-        parameters = {"device": device}
+        parameters = _declared(notebook, params)
         if name == "04_sweep_report":
+            source = notebooks_dir / f"{NOTEBOOKS[0]}.ipynb"
             sweep_dir = reports_dir / SWEEP_NAME
-            print(f"\n== sweep: {notebooks_dir / NOTEBOOKS[0]}.ipynb over {SWEEP_GRID} -> {sweep_dir}")
-            result = run_sweep(notebooks_dir / f"{NOTEBOOKS[0]}.ipynb", SWEEP_GRID, {"device": device},
-                               sweep_dir, jobs=jobs)
+            print(f"\n== sweep: {source} over {SWEEP_GRID} -> {sweep_dir}")
+            result = run_sweep(source, SWEEP_GRID, _declared(source, params), sweep_dir, jobs=jobs)
             failures += [f"{SWEEP_NAME}/{f}" for f in result.failed]
             parameters["sweep_dir"] = str(sweep_dir.resolve())
         out = reports_dir / name
@@ -56,7 +70,7 @@ def reproduce(
             failures.append(name)
             continue
         print(f"done in {time.perf_counter() - start:.0f} s: {out / (name + '.html')}")
-        baseline = reports_dir / "baselines" / f"{name}.full.json"
+        baseline = reports_dir / "baselines" / f"{name}.{baselines}.json"
         if baseline.exists():
             report = check_metrics(record, baseline)
             print(report)
@@ -83,8 +97,18 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--notebooks", type=Path, default=ROOT / "notebooks", help="the notebooks folder")
     rep.add_argument("--reports", type=Path, default=ROOT / "reports", help="where runs are written")
     rep.add_argument("--jobs", type=int, default=1, help="parallel processes for the sweep")
+    rep.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                     help="a parameter for every notebook that declares it (repeatable)")
+    rep.add_argument("--baselines", choices=("full", "small"), default="full",
+                     help="which committed baselines to check against (default: full)")
     args = parser.parse_args(argv)
-    return reproduce(args.notebooks, args.reports, args.device, args.only, args.jobs)
+    params = {"device": args.device}
+    for text in args.param:
+        key, sep, value = text.partition("=")
+        if not sep or not key:
+            parser.error(f"--param {text!r}: expected NAME=VALUE")
+        params[key] = value
+    return reproduce(args.notebooks, args.reports, params, args.only, args.jobs, args.baselines)
 
 
 if __name__ == "__main__":
