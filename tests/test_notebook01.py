@@ -1,0 +1,153 @@
+"""Notebook 01 under papermill: small-size runs against their baseline, parameter errors,
+reproducibility, and (slow) the full seed scale against the blog's published numbers.
+
+Every run uses a cache folder of its own (``LORA_CORE_CACHE``), so the user's cached
+bases are neither read nor written, and a "cold" run really trains its base.
+"""
+
+import math
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+import torch
+
+import lora_core as lc
+from lora_core.regression import check_metrics
+from lora_core.sweep import NotebookRunError, execute_notebook
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK = REPO / "notebooks" / "01_rank1_recovery.ipynb"
+BASELINES = REPO / "reports" / "baselines"
+# The blog's experiment shrunk to d_in 65, d_out 64: it converges to ΔΘ ≈ 1 in seconds.
+SMALL = dict(n=512, d_in=65, d_out=64, epochs=60, batch_size=64, lr=3e-2)
+FIGURES = ("loss_curves.png", "delta_heatmap.png", "singular_values.png")
+
+
+@pytest.fixture(scope="module")
+def fresh_cache(tmp_path_factory):
+    """Point the kernels this module starts at an empty cache folder."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LORA_CORE_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield Path(os.environ["LORA_CORE_CACHE"])
+
+
+@pytest.fixture(scope="module")
+def small_run(fresh_cache, tmp_path_factory):
+    out = tmp_path_factory.mktemp("small")
+    record = execute_notebook(NOTEBOOK, out, SMALL, render_html=True)
+    return out, record
+
+
+def without_timings(metrics):
+    return {name: value for name, value in metrics.items() if not name.endswith("_seconds")}
+
+
+def image_outputs(executed):
+    notebook = nbformat.read(executed, as_version=4)
+    return [
+        output for cell in notebook.cells if cell.cell_type == "code"
+        for output in cell.outputs if "image/png" in output.get("data", {})
+    ]
+
+
+def printed_text(executed):
+    notebook = nbformat.read(executed, as_version=4)
+    return "".join(
+        output.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
+        for output in cell.outputs
+    )
+
+
+def validation_cell_index():
+    """The cell right after the parameters cell, counted in the notebook as written."""
+    cells = nbformat.read(NOTEBOOK, as_version=4).cells
+    tagged = [i for i, cell in enumerate(cells) if "parameters" in cell.metadata.get("tags", [])]
+    return tagged[0] + 1
+
+
+# ---------------------------------------------------------------------------------------
+# Small size: seconds
+
+
+def test_small_run_passes_the_small_baseline(small_run):
+    _, record = small_run
+    report = check_metrics(record, BASELINES / "01_rank1_recovery.small.json")
+    assert report.ok, f"\n{report}"
+
+
+def test_small_run_records_parameters_and_environment(small_run):
+    _, record = small_run
+    assert record["notebook"] == "01_rank1_recovery"
+    assert {k: record["parameters"][k] for k in SMALL} == SMALL
+    assert record["parameters"]["r"] == 1 and record["parameters"]["device"] == "cpu"
+    assert record["environment"]["device"] == "cpu"
+    assert record["environment"]["torch"]
+
+
+def test_small_run_shows_its_figures_inline_and_saves_them(small_run):
+    out, _ = small_run
+    assert len(image_outputs(out / "01_rank1_recovery.ipynb")) == len(FIGURES)
+    for name in FIGURES:
+        png = out / name
+        assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    html = (out / "01_rank1_recovery.html").read_text(encoding="utf-8")
+    assert html.count("data:image/png;base64") >= len(FIGURES)
+
+
+def test_small_run_saves_the_adapter_it_measured(small_run):
+    out, record = small_run
+    delta = lc.adapter_deltas(out / "adapter")[""]
+    assert tuple(delta.shape) == (SMALL["d_in"], SMALL["d_out"])
+    recomputed = lc.compare_delta(delta, torch.ones_like(delta))
+    for name in ("delta_mean", "delta_relative_error", "delta_max_abs_error"):
+        assert recomputed[name] == pytest.approx(record["metrics"][name], rel=1e-9, abs=1e-12)
+
+
+def test_same_small_parameters_give_identical_metrics(small_run, tmp_path):
+    _, first = small_run
+    # cache_base=False: the base is trained again, not read back from the first run's cache.
+    second = execute_notebook(NOTEBOOK, tmp_path, {**SMALL, "cache_base": False}, render_html=False)
+    assert without_timings(second["metrics"]) == without_timings(first["metrics"])
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [("r", 0), ("device", "tpu"), ("scaling", "bogus")],
+)
+def test_a_bad_parameter_stops_the_run_naming_it(fresh_cache, tmp_path, name, value):
+    with pytest.raises(NotebookRunError) as caught:
+        execute_notebook(NOTEBOOK, tmp_path, {**SMALL, name: value}, render_html=False)
+    error = caught.value
+    assert error.ename == "ValueError"
+    assert f"{name}={value!r} is not allowed" in error.evalue
+    assert error.cell_index == validation_cell_index()
+    assert not (tmp_path / "metrics.json").exists()
+    assert not (tmp_path / "metrics.incomplete.json").exists()
+
+
+# ---------------------------------------------------------------------------------------
+# Full seed scale: the suite's claim (one cold run, one warm run)
+
+
+@pytest.mark.slow
+def test_full_scale_reproduces_the_blog(fresh_cache, tmp_path):
+    cold = execute_notebook(NOTEBOOK, tmp_path / "cold", render_html=False)["metrics"]
+    report = check_metrics(cold, BASELINES / "01_rank1_recovery.full.json")
+    assert report.ok, f"\n{report}"
+
+    # The fidelity claims, stated against the published numbers themselves.
+    for epoch, published in lc.BLOG_PRETRAIN_LOSSES.items():
+        got = cold[f"pretrain_loss_epoch_{epoch}"]
+        assert abs(got / published - 1) <= 0.15, f"epoch {epoch}: {got:.6g} vs published {published}"
+    assert abs(cold["shifted_base_loss"] / 1001 - 1) <= 0.05
+    assert cold["lora_final_loss"] < 0.01
+    assert abs(cold["delta_mean"] - 1) < 0.005
+    assert math.isclose(cold["merged_loss"], cold["lora_final_loss"], rel_tol=1e-3)
+    assert cold["trainable_parameters"] == 2001 and cold["base_parameters"] == 1001 * 1000
+
+    # Warm: the base comes from the cache the cold run filled, and nothing else changes.
+    warm = execute_notebook(NOTEBOOK, tmp_path / "warm", render_html=False)["metrics"]
+    assert "Loaded from the cache" in printed_text(tmp_path / "warm" / "01_rank1_recovery.ipynb")
+    assert without_timings(warm) == without_timings(cold)
