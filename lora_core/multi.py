@@ -3,9 +3,10 @@
 A sweep over r, lora_alpha and scaling trains many adapters on the same frozen layer and
 the same data. Trained one by one, each repeats the same minibatch gathers and pays the
 per-step overhead again. Here every config sees the same minibatch sequence in one
-batched step: configs of equal rank are stacked and multiplied with one ``bmm``, the loss
-is the sum of the per-config losses (so each config's gradient is exactly its own) and
-Adam, being elementwise, updates each config as if it were alone. Each config's
+batched step: configs of equal rank are stacked and multiplied with one ``bmm``, each
+config's gradient is written by hand from its own loss alone (the formulas of ``train``'s
+fast path, without autograd's per-step graph) and Adam, being elementwise, updates each
+config as if it were alone. Each config's
 History therefore equals training it alone with ``train`` and the same seed, up to float
 rounding.
 """
@@ -71,19 +72,40 @@ class _RankGroup:
     def parameters(self) -> list[nn.Parameter]:
         return [self.A, self.B] + ([self.scale] if self.scale is not None else [])
 
+    def scales(self) -> torch.Tensor:
+        """Every config's scale, shape (K, 1, 1)."""
+        if self.scale is None:
+            return self.fixed_scale.view(-1, 1, 1)
+        # Only learnable configs take their scale from the trained parameter.
+        return torch.where(self.learnable, self.scale, self.fixed_scale).view(-1, 1, 1)
+
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """x·A for every config, unscaled: shape (K, rows, r)."""
+        return (x @ self.A).view(x.shape[0], len(self.members), self.r).transpose(0, 1)
+
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Every config's update for the rows x: shape (K, rows, d_out)."""
-        K = len(self.members)
-        h = (x @ self.A).view(x.shape[0], K, self.r).transpose(0, 1)
-        scale = self.fixed_scale
-        if self.scale is not None:
-            # Only learnable configs take their scale from the trained parameter.
-            scale = torch.where(self.learnable, self.scale, self.fixed_scale)
-        return torch.bmm(h * scale.view(K, 1, 1), self.B)
+        return torch.bmm(self.hidden(x) * self.scales(), self.B)
 
-    def losses(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Per-config MSE against the target rows: shape (K,)."""
-        return (self.predict(x) - target).pow(2).mean(dim=(1, 2))
+    @torch.no_grad()
+    def set_grads(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Write every config's gradient for the rows (x, t); return the (K,) minibatch MSEs.
+
+        The formulas of ``training._lora_step``, batched over the group: each config's
+        gradient is that of its own loss alone. The (K, b, d_out) residual is the one
+        large tensor of the step, so it is written once and read three times (loss, dB,
+        dA); the 2/numel factor goes onto the small products instead.
+        """
+        h, s = self.hidden(x), self.scales()  # (K, b, r), (K, 1, 1)
+        diff = torch.baddbmm(t, h * s, self.B, beta=-1)  # h·s·B − t, (K, b, d_out)
+        c = 2.0 / diff[0].numel()
+        hg = torch.bmm(h.transpose(1, 2), diff).mul_(c)  # hᵀg, (K, r, d_out)
+        gB = torch.bmm(diff, self.B.transpose(1, 2)).mul_(s * c)  # g·Bᵀ·s, (K, b, r)
+        self.A.grad = x.T @ gB.transpose(0, 1).reshape(x.shape[0], -1)  # (d_in, K·r)
+        self.B.grad = hg * s
+        if self.scale is not None:
+            self.scale.grad = torch.where(self.learnable, (hg * self.B).sum(dim=(1, 2)), 0.0)
+        return torch.linalg.vector_norm(diff, dim=(1, 2)).square_().div_(diff[0].numel())
 
     def copy_into(self, layers: list[LoRALinear]) -> None:
         with torch.no_grad():
@@ -172,16 +194,11 @@ def train_many(
     for epoch in tqdm(range(1, settings["epochs"] + 1), desc="epochs", disable=not progress, leave=False):
         idx = batch_indices(n, steps, settings["batch_size"], settings["sampling"], gen).to(dev)
         epoch_losses = [torch.zeros(len(g.members), device=dev) for g in groups]
-        for step in range(steps):
-            rows = idx[step]
+        for rows in idx:
             x, t = X[rows], target[rows]
-            losses = [g.losses(x, t) for g in groups]
-            opt.zero_grad(set_to_none=True)
-            # Summing keeps each config's gradient exactly its own loss's gradient.
-            torch.stack([loss.sum() for loss in losses]).sum().backward()
+            for g, acc in zip(groups, epoch_losses):
+                acc += g.set_grads(x, t)
             opt.step()
-            for acc, loss in zip(epoch_losses, losses):
-                acc += loss.detach()
         train_losses = _per_config(groups, epoch_losses, len(configs)) / steps
         evaluate = epoch % settings["eval_every"] == 0 or epoch == settings["epochs"]
         eval_losses = _full_losses(groups, X, target, len(configs)) if evaluate else None

@@ -1,0 +1,532 @@
+"""Benchmark lora_core against the seed's code, loralib and PEFT, side by side in one run.
+
+Commands, from the repository root:
+
+    python -m benchmarks.run                  # the full benchmark, seed scale (about 20 min on 2 cores)
+    python -m benchmarks.run --quick          # smoke run at small sizes (seconds)
+    python -m benchmarks.run --only step,scaling --repeats 5
+    python -m benchmarks.run --output reports/benchmarks --threads 2
+
+Parts (``--only`` picks some):
+
+    step      one LoRA training step (batch 128, 1001 × 1000, Adam, r = 1): lora_core's
+              LoRALinear, lora_core's cached fast-path step, the seed-style module (ΔΘ = A·B
+              materialised in every forward), loralib's lora.Linear, PEFT's LoraModel, full
+              fine-tuning, and the bare frozen matmul (the floor of a step that recomputes it)
+    notebook  notebook 01's training at seed scale: pretrain_base with a cold cache + LoRA
+              with lora_core's defaults, against the seed-style script doing the same work
+    sweep     25 configs (r ∈ {1, 2, 4, 8, 16} × 5 alphas, 100 epochs, base cached) with
+              train_many, against the seed-style code training ONE adapter, and against
+              train() on the configs one by one (measured on 5 of them, scaled by 5)
+    scaling   train_many's cost for 1, 4, 16 and 64 configs (10 epochs instead of 100)
+
+Before timing, every step variant's loss and gradients from the same A and B are checked
+against a float64 reference (loralib and PEFT through their transposed layouts), and the
+timed runs of the other parts are checked against each other where they compute the same
+thing. Variants are interleaved: round i runs each once, in an order rotated by i, so a
+change in the machine's load falls on all of them alike; ratios are taken within a round
+and summarised by their median and spread (min–max) over rounds.
+
+Writes ``benchmark.md`` (the tables) and ``benchmark.json`` (every sample) into
+``--output`` (default reports/benchmarks, or reports/benchmarks/quick with --quick).
+Exits with status 1 when an equivalence check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import lora_core as lc
+from lora_core.multi import _RankGroup
+from lora_core.reports import environment_info
+from lora_core.training import ADAPTER_THREADS, _autograd_step, _lora_step, limit_threads, make_optimizer
+
+from . import peers
+from .seed_style import SeedLoRA, seed_lora, seed_pretrain
+
+PARTS = ("step", "notebook", "sweep", "scaling")
+RANKS = (1, 2, 4, 8, 16)
+ALPHAS = (1.0, 2.0, 4.0, 8.0, 16.0)
+SCALING_COUNTS = (1, 4, 16, 64)
+CHECK_RTOL = 1e-4  # step gradients: float32 against float64, sums over ~1000 terms
+
+
+@dataclass
+class Scale:
+    n: int = 10000
+    d_in: int = 1001
+    d_out: int = 1000
+    batch_size: int = 128
+    lr: float = 1e-3
+    epochs: int = 100
+    eval_every: int = 10
+    scaling_epochs: int = 10  # part "scaling" only: enough steps to time, a tenth of the cost
+    step_block: int = 20  # steps per timed sample in part "step"
+    step_rounds: int = 15
+    rounds: int = 3  # rounds of the whole-run parts
+    subset: int = 5  # configs trained one by one with train(), scaled up to 25
+
+
+FULL = Scale()
+QUICK = Scale(n=512, d_in=65, d_out=64, batch_size=32, epochs=4, eval_every=2, scaling_epochs=2,
+              step_block=5, step_rounds=3, rounds=2)
+
+
+# ---------------------------------------------------------------------------------------
+# Timing and summaries
+
+
+def interleaved(variants: dict, rounds: int) -> dict[str, list[float]]:
+    """Seconds per call of each variant, round i calling them in an order rotated by i."""
+    names = list(variants)
+    times = {name: [] for name in names}
+    for i in range(rounds):
+        for name in names[i % len(names):] + names[: i % len(names)]:
+            gc.collect()
+            start = time.perf_counter()
+            variants[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def summary(samples: list[float]) -> dict:
+    return {"median": statistics.median(samples), "min": min(samples), "max": max(samples), "n": len(samples)}
+
+
+class Results:
+    """What the run measured and checked, written as markdown and JSON at the end."""
+
+    def __init__(self):
+        self.checks: list[dict] = []
+        self.timings: dict[str, dict[str, list[float]]] = {}
+        self.ratios: list[dict] = []
+        self.notes: list[str] = []
+
+    def check(self, name: str, rel_diff: float, tolerance: float) -> None:
+        ok = bool(rel_diff <= tolerance)
+        self.checks.append({"check": name, "max_rel_diff": rel_diff, "tolerance": tolerance, "ok": ok})
+        print(f"  check {'ok  ' if ok else 'FAIL'} {name}: {rel_diff:.2e} (tolerance {tolerance:g})")
+
+    def ratio(self, part, name, num: list[float], den: list[float], goal: float | None = None, note=""):
+        """Per-round ratios num/den; ``goal`` is the largest median that meets it."""
+        values = [a / b for a, b in zip(num, den)]
+        row = {"part": part, "ratio": name, **summary(values), "goal": goal, "note": note}
+        row["met"] = None if goal is None else bool(row["median"] <= goal)
+        self.ratios.append(row)
+        print(f"  {name}: {row['median']:.3f} ({row['min']:.3f}-{row['max']:.3f})")
+
+
+def rel_diff(got, ref) -> float:
+    """max |got − ref| / max |ref|, over tensors or sequences of numbers."""
+    got = torch.as_tensor(got, dtype=torch.float64)
+    ref = torch.as_tensor(ref, dtype=torch.float64)
+    return float((got - ref).abs().max() / ref.abs().max().clamp_min(1e-300))
+
+
+def curve_diff(a: dict, b: dict) -> float:
+    """Largest relative difference between two {epoch: loss} curves, epoch by epoch."""
+    epochs = sorted(set(a) & set(b))
+    if not epochs or len(epochs) != len(a) or len(epochs) != len(b):
+        return math.inf
+    return max(abs(a[e] - b[e]) / abs(b[e]) for e in epochs)
+
+
+# ---------------------------------------------------------------------------------------
+# Part "step": one training step, every variant, same layer and batch
+
+
+class _NoStep:
+    """Stands in for the optimizer when only the gradients are wanted."""
+
+    def step(self):
+        pass
+
+
+def _lora_core_layer(base, A, B, alpha):
+    layer = lc.LoRALinear(copy.deepcopy(base), r=A.shape[1], lora_alpha=alpha)
+    with torch.no_grad():
+        layer.A.copy_(A)
+        layer.B.copy_(B)
+    return layer
+
+
+def _seed_layer(base, A, B, alpha):
+    layer = SeedLoRA(copy.deepcopy(base), r=A.shape[1], alpha=alpha)
+    with torch.no_grad():
+        layer.A.copy_(A)
+        layer.B.copy_(B)
+    return layer
+
+
+def _autograd_grads(model, x, y, a_grad, b_grad):
+    loss = F.mse_loss(model(x), y)
+    loss.backward()
+    return loss, a_grad(), b_grad()
+
+
+def step_gradients(base, A, B, alpha, x, y) -> dict[str, tuple]:
+    """(loss, dA, dB) of every variant, in the blog's layout A (d_in, r), B (r, d_out)."""
+    s = alpha / A.shape[1]
+    with torch.no_grad():
+        residual = y - base(x)
+    out = {}
+    layer = _lora_core_layer(base, A, B, alpha)
+    out["lora_core LoRALinear"] = _autograd_grads(layer, x, y, lambda: layer.A.grad, lambda: layer.B.grad)
+    fast = _lora_core_layer(base, A, B, alpha)
+    loss = _lora_step(fast, _NoStep())(x, residual)
+    out["lora_core fast path"] = (loss, fast.A.grad, fast.B.grad)
+    group = _RankGroup(A.shape[1], [0], [_lora_core_layer(base, A, B, alpha)])
+    loss = group.set_grads(x, residual)
+    out["lora_core train_many step"] = (loss[0], group.A.grad, group.B.grad[0])
+    seed = _seed_layer(base, A, B, alpha)
+    out["seed-style"] = _autograd_grads(seed, x, y, lambda: seed.A.grad, lambda: seed.B.grad)
+    ll = peers.loralib_layer(base, A, B, alpha)
+    if ll is not None:
+        out["loralib"] = _autograd_grads(ll, x, y, lambda: ll.lora_A.grad.T, lambda: ll.lora_B.grad.T)
+    pm = peers.peft_model(base, A, B, alpha)
+    if pm is not None:
+        model, la, lb = pm
+        out["PEFT"] = _autograd_grads(model, x, y, lambda: la.weight.grad.T, lambda: lb.weight.grad.T)
+    # Full fine-tuning of the merged weight W + ΔΘᵀ: the same loss, and the chain rule
+    # through ΔΘ = s·A·B turns its gradient dΘ into dA = s·dΘ·Bᵀ and dB = s·Aᵀ·dΘ.
+    full = copy.deepcopy(base).requires_grad_(True)
+    with torch.no_grad():
+        full.weight.add_((A @ B * s).T)
+    loss = F.mse_loss(full(x), y)
+    loss.backward()
+    d_theta = full.weight.grad.T
+    out["full fine-tuning (via dΘ)"] = (loss, s * d_theta @ B.T, s * A.T @ d_theta)
+    return out
+
+
+def reference_gradients(base, A, B, alpha, x, y):
+    W, A, B = (t.detach().double().requires_grad_(True) for t in (base.weight, A, B))
+    x, y = x.double(), y.double()
+    loss = ((x @ W.T + x @ A @ B * (alpha / A.shape[1]) - y) ** 2).mean()
+    loss.backward()
+    return loss, A.grad, B.grad
+
+
+def check_step(res: Results, sc: Scale) -> None:
+    for r, alpha in ((1, 1.0), (4, 8.0)):
+        torch.manual_seed(r)
+        base = nn.Linear(sc.d_in, sc.d_out, bias=False).requires_grad_(False)
+        x, y = torch.randn(sc.batch_size, sc.d_in), torch.randn(sc.batch_size, sc.d_out)
+        A, B = torch.randn(sc.d_in, r), torch.randn(r, sc.d_out) * 0.1  # B ≠ 0, so dA ≠ 0
+        ref = reference_gradients(base, A, B, alpha, x, y)
+        for name, got in step_gradients(base, A, B, alpha, x, y).items():
+            diff = max(rel_diff(g.detach(), w.detach()) for g, w in zip(got, ref))
+            res.check(f"step r={r}, α={alpha:g}: {name} vs float64 (loss, dA, dB)", diff, CHECK_RTOL)
+
+
+def part_step(res: Results, sc: Scale) -> None:
+    check_step(res, sc)
+    torch.manual_seed(0)
+    base = nn.Linear(sc.d_in, sc.d_out, bias=False).requires_grad_(False)
+    x, y = torch.randn(sc.batch_size, sc.d_in), torch.randn(sc.batch_size, sc.d_out)
+    A, B, alpha = torch.randn(sc.d_in, 1), torch.randn(1, sc.d_out) * 0.1, 1.0
+    with torch.no_grad():
+        residual = y - base(x)
+
+    def blocked(step, *args):
+        def run():
+            for _ in range(sc.step_block):
+                step(*args)
+        return run
+
+    def module_step(model, opt):
+        # What ``train(..., cache_frozen=False)`` does for a model: forward, MSE, backward, Adam.
+        return blocked(_autograd_step(model, opt), x, y)
+
+    def adam(params):
+        return make_optimizer("adam", list(params), sc.lr)  # fused Adam, as lora_core's train uses
+
+    variants = {}
+    layer = _lora_core_layer(base, A, B, alpha)
+    variants["lora_core LoRALinear"] = module_step(layer, adam([layer.A, layer.B]))
+    fast = _lora_core_layer(base, A, B, alpha)
+    fast_step = blocked(_lora_step(fast, adam([fast.A, fast.B])), x, residual)
+
+    def fast_run():
+        with limit_threads(ADAPTER_THREADS):  # as train() runs it
+            fast_step()
+
+    variants["lora_core fast path (cached base output)"] = fast_run
+    seed = _seed_layer(base, A, B, alpha)
+    variants["seed-style (ΔΘ materialised)"] = module_step(seed, torch.optim.Adam([seed.A, seed.B], lr=sc.lr))
+    ll = peers.loralib_layer(base, A, B, alpha)
+    if ll is not None:
+        variants["loralib lora.Linear"] = module_step(ll, adam([ll.lora_A, ll.lora_B]))
+    pm = peers.peft_model(base, A, B, alpha)
+    if pm is not None:
+        model, la, lb = pm
+        variants["PEFT LoraModel"] = module_step(model, adam([la.weight, lb.weight]))
+    full = copy.deepcopy(base).requires_grad_(True)
+    variants["full fine-tuning"] = module_step(full, adam(full.parameters()))
+    W = base.weight.detach()
+
+    def floor():
+        with torch.no_grad():
+            for _ in range(sc.step_block):
+                F.linear(x, W)
+
+    variants["frozen matmul floor"] = floor
+    interleaved(variants, 2)  # warm-up: first-call allocations, lazy initialisation
+    times = interleaved(variants, sc.step_rounds)
+    times = {name: [t / sc.step_block for t in ts] for name, ts in times.items()}
+    res.timings["step"] = times
+
+    lib = times["lora_core LoRALinear"]
+    peer_names = [n for n in ("loralib lora.Linear", "PEFT LoraModel") if n in times]
+    if peer_names:
+        fastest = [min(vals) for vals in zip(*(times[n] for n in peer_names))]
+        res.ratio("step", "lora_core LoRALinear step / fastest of loralib, PEFT", lib, fastest, goal=1.0,
+                  note="same fused Adam for the three; all recompute the frozen matmul")
+    for name in times:
+        if name != "frozen matmul floor":
+            res.ratio("step", f"{name} / frozen matmul floor", times[name], times["frozen matmul floor"])
+    res.ratio("step", "lora_core fast path / seed-style step", times["lora_core fast path (cached base output)"],
+              times["seed-style (ΔΘ materialised)"])
+
+
+# ---------------------------------------------------------------------------------------
+# Part "notebook": notebook 01's training, cold cache, against the seed-style script
+
+
+def blog_data(sc: Scale):
+    X, y, theta = lc.make_regression(sc.n, sc.d_in, sc.d_out, seed=0)
+    theta2, _ = lc.shift_theta(theta, "ones")
+    X2, y2, _ = lc.make_regression(sc.n, sc.d_in, sc.d_out, seed=1, theta=theta2)
+    return X, y, X2, y2
+
+
+def schedule(sc: Scale, epochs: int | None = None) -> dict:
+    return dict(epochs=epochs or sc.epochs, batch_size=sc.batch_size, lr=sc.lr, eval_every=sc.eval_every)
+
+
+def part_notebook(res: Results, sc: Scale) -> None:
+    X, y, X2, y2 = blog_data(sc)
+    sched = schedule(sc)
+    curves = {}
+    warm_cache = tempfile.TemporaryDirectory()
+
+    def lora_core_run(cache_dir=None):
+        with tempfile.TemporaryDirectory() as cold:
+            base, pre = lc.pretrain_base(X, y, seed=0, progress=False, cache_dir=cache_dir or cold, **sched)
+            lc.seed_everything(0)
+            layer = lc.LoRALinear(base, r=1, lora_alpha=1.0)
+            post = lc.train(layer, X2, y2, seed=0, progress=False, **sched)
+        return pre.eval_losses.to_dict(), post.eval_losses.to_dict()
+
+    def seed_run():
+        base, pre = seed_pretrain(X, y, seed=0, **sched)
+        _, post = seed_lora(base, X2, y2, r=1, alpha=1.0, seed=0, **sched)
+        curves["seed-style"] = (pre, post)
+
+    lc.pretrain_base(X, y, seed=0, progress=False, cache_dir=warm_cache.name, **sched)
+    variants = {
+        "lora_core, cold cache": lambda: curves.__setitem__("lora_core", lora_core_run()),
+        "seed-style script": seed_run,
+        "lora_core, warm cache": lambda: lora_core_run(warm_cache.name),
+    }
+    times = interleaved(variants, sc.rounds)
+    warm_cache.cleanup()
+    res.timings["notebook"] = times
+    ours, theirs = curves["lora_core"], curves["seed-style"]
+    # Same data, initial weights and minibatches; Adam's rounding differs over 2 × 7800 steps.
+    res.check("notebook: pre-training eval losses, lora_core vs seed-style", curve_diff(ours[0], theirs[0]), 1e-2)
+    res.check("notebook: LoRA eval losses, lora_core vs seed-style", curve_diff(ours[1], theirs[1]), 1e-2)
+    res.ratio("notebook", "notebook 01 training, cold cache / seed-style script", times["lora_core, cold cache"],
+              times["seed-style script"], goal=0.35)
+    res.ratio("notebook", "notebook 01 training, warm cache / seed-style script", times["lora_core, warm cache"],
+              times["seed-style script"])
+
+
+# ---------------------------------------------------------------------------------------
+# Parts "sweep" and "scaling": many adapters over one cached base
+
+
+def sweep_configs(count: int) -> list[dict]:
+    """``count`` configs cycling through the ranks; alphas 1, 2, 4, … then 1.5, 3, …"""
+    alphas = list(ALPHAS) + [1.5 * a for a in ALPHAS] + [1.25 * a for a in ALPHAS]
+    return [{"r": RANKS[i % len(RANKS)], "lora_alpha": alphas[i // len(RANKS)]} for i in range(count)]
+
+
+def pretrained(sc: Scale):
+    X, y, X2, y2 = blog_data(sc)
+    with tempfile.TemporaryDirectory() as cache:
+        base, _ = lc.pretrain_base(X, y, seed=0, progress=False, cache_dir=cache, **schedule(sc))
+    return base, X2, y2
+
+
+def part_sweep(res: Results, sc: Scale) -> None:
+    base, X2, y2 = pretrained(sc)
+    sched = schedule(sc)
+    configs = lc.config_grid(r=list(RANKS), lora_alpha=list(ALPHAS))
+    subset = [{"r": r, "lora_alpha": a} for r, a in zip(RANKS, ALPHAS)][: sc.subset]  # each rank, each alpha once
+    histories = {}
+
+    def many():
+        runs = lc.train_many(base, X2, y2, configs, seed=0, progress=False, **sched)
+        histories["many"] = {tuple(run.config.values()): run.history for run in runs}
+
+    def one_by_one():
+        for cfg in subset:
+            lc.seed_everything(0)
+            layer = lc.LoRALinear(base, **cfg)
+            histories[tuple(cfg.values())] = lc.train(layer, X2, y2, seed=0, progress=False, **sched)
+
+    variants = {
+        "train_many, 25 configs": many,
+        "seed-style, one adapter (r=1, α=1)": lambda: seed_lora(copy.deepcopy(base), X2, y2, seed=0, **sched),
+        f"train(), {len(subset)} configs one by one": one_by_one,
+    }
+    times = interleaved(variants, sc.rounds)
+    res.timings["sweep"] = times
+    for cfg in subset:
+        key = tuple(cfg.values())
+        alone, joint = histories[key].eval_losses.to_dict(), histories["many"][key].eval_losses.to_dict()
+        res.check(f"sweep: train_many vs train(), r={cfg['r']}, α={cfg['lora_alpha']:g}, eval losses",
+                  curve_diff(joint, alone), 1e-3)
+    diverged = [k for k, h in histories["many"].items() if h.diverged]
+    if diverged:
+        res.notes.append(f"sweep: configs that diverged (still computed every step): {diverged}")
+    scale_up = len(configs) / len(subset)
+    many_t, seed_t = times["train_many, 25 configs"], times["seed-style, one adapter (r=1, α=1)"]
+    one_t = [t * scale_up for t in times[f"train(), {len(subset)} configs one by one"]]
+    res.ratio("sweep", "25-config sweep with train_many / seed-style code training ONE adapter", many_t, seed_t,
+              goal=0.5)
+    res.ratio("sweep", "25-config sweep with train_many / train() one by one", many_t, one_t,
+              note=f"train() timed on {len(subset)} configs (one per rank), scaled by {scale_up:g}")
+    res.ratio("sweep", "25-config sweep with train_many / seed-style code for all 25", many_t,
+              [t * len(configs) for t in seed_t], note="seed-style timed on one adapter, scaled by 25")
+
+
+def part_scaling(res: Results, sc: Scale) -> None:
+    base, X2, y2 = pretrained(sc)
+    sched = schedule(sc, sc.scaling_epochs)
+    variants = {
+        f"train_many, {k} configs": (lambda k=k: lc.train_many(base, X2, y2, sweep_configs(k), seed=0,
+                                                                progress=False, **sched))
+        for k in SCALING_COUNTS
+    }
+    times = interleaved(variants, sc.rounds)
+    res.timings["scaling"] = times
+    one = times[f"train_many, {SCALING_COUNTS[0]} configs"]
+    for k in SCALING_COUNTS[1:]:
+        res.ratio("scaling", f"cost of {k} configs / cost of 1", times[f"train_many, {k} configs"], one,
+                  note=f"{sc.scaling_epochs} epochs; linear growth would be {k}")
+    last = SCALING_COUNTS[-1]
+    slope = [math.log(a / b) / math.log(last) for a, b in zip(times[f"train_many, {last} configs"], one)]
+    # Reported as a ratio row: the log-log slope of cost against configs (1 = linear).
+    res.ratio("scaling", f"log-log slope of cost, 1 → {last} configs", slope, [1.0] * len(slope), goal=0.8,
+              note="cost ∝ configs^slope; goal: clearly sublinear")
+
+
+# ---------------------------------------------------------------------------------------
+# Output
+
+
+def machine() -> dict:
+    info = environment_info("cpu")
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {**info, "cpu": cpu, "cpu_count": os.cpu_count(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads()}
+
+
+def markdown(res: Results, env: dict, sc: Scale, command: str) -> str:
+    lines = [
+        "# lora_core benchmark",
+        "",
+        f"Machine: {env['cpu']}, {env['cpu_count']} cores, torch {env['torch']}, "
+        f"{env['torch_threads']} threads; {env.get('timestamp', '')}. Command: `{command}`.",
+        f"Sizes: n={sc.n}, d_in={sc.d_in}, d_out={sc.d_out}, batch {sc.batch_size}, {sc.epochs} epochs; "
+        f"{sc.rounds} interleaved rounds per whole-run part, {sc.step_rounds} × {sc.step_block} steps per step variant.",
+        "",
+    ]
+    if res.checks:
+        lines += ["## Equivalence checks (before timing)", "",
+                  "| check | max relative difference | tolerance | ok |", "|---|---|---|---|"]
+        lines += [f"| {c['check']} | {c['max_rel_diff']:.2e} | {c['tolerance']:g} | {'yes' if c['ok'] else 'NO'} |"
+                  for c in res.checks]
+        lines.append("")
+    lines += ["## Ratios (median over rounds; spread = min–max over rounds)", "",
+              "| part | ratio | median | spread | goal | met | note |", "|---|---|---|---|---|---|---|"]
+    for r in res.ratios:
+        goal = "" if r["goal"] is None else f"≤ {r['goal']:g}"
+        met = "" if r["met"] is None else ("yes" if r["met"] else "no")
+        lines.append(f"| {r['part']} | {r['ratio']} | {r['median']:.3f} | {r['min']:.3f}–{r['max']:.3f} | "
+                     f"{goal} | {met} | {r['note']} |")
+    lines += ["", "## Timings (seconds; per step for part step)", "",
+              "| part | variant | median | min | max | samples |", "|---|---|---|---|---|---|"]
+    for part, times in res.timings.items():
+        for name, samples in times.items():
+            s = summary(samples)
+            lines.append(f"| {part} | {name} | {s['median']:.4g} | {s['min']:.4g} | {s['max']:.4g} | {s['n']} |")
+    notes = res.notes + list(peers.missing.values())
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {note}" for note in notes]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run of seconds")
+    parser.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts among {PARTS}")
+    parser.add_argument("--repeats", type=int, default=None, help="rounds per part (default 3; 15 for step)")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
+    parser.add_argument("--output", default=None, help="folder for benchmark.md and benchmark.json")
+    args = parser.parse_args(argv)
+    parts = [p.strip() for p in args.only.split(",") if p.strip()]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        parser.error(f"--only={args.only!r} is not allowed: expected parts among {list(PARTS)}")
+    sc = replace(QUICK if args.quick else FULL)
+    if args.repeats is not None:
+        sc.rounds = sc.step_rounds = max(1, args.repeats)
+    torch.set_num_threads(args.threads)
+    output = Path(args.output or ("reports/benchmarks/quick" if args.quick else "reports/benchmarks"))
+    command = "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:])
+
+    res = Results()
+    for part in parts:
+        print(f"[{part}]", flush=True)
+        {"step": part_step, "notebook": part_notebook, "sweep": part_sweep, "scaling": part_scaling}[part](res, sc)
+    for note in peers.missing.values():
+        print("note:", note)
+
+    env = machine()
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "benchmark.md").write_text(markdown(res, env, sc, command.strip()))
+    record = {"command": command.strip(), "environment": env, "scale": asdict(sc), "parts": parts,
+              "checks": res.checks, "ratios": res.ratios, "notes": res.notes + list(peers.missing.values()),
+              "timings": {part: {name: {"samples": ts, **summary(ts)} for name, ts in times.items()}
+                          for part, times in res.timings.items()}}
+    (output / "benchmark.json").write_text(json.dumps(record, indent=2, default=str))
+    print(f"wrote {output / 'benchmark.md'} and {output / 'benchmark.json'}")
+    return 0 if all(c["ok"] for c in res.checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
