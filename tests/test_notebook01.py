@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import lora_core as lc
+from lora_core.execute import NotebookRunError, execute_notebook
 from lora_core.regression import check_metrics
-from lora_core.sweep import NotebookRunError, execute_notebook
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "01_rank1_recovery.ipynb"
