@@ -3,7 +3,8 @@
 Each runs at the small size of notebook 01's tests (d_in 65, d_out 64: seconds) and is
 checked against its committed small baseline; its figures must be shown inline and saved;
 02's claim (r < k cannot recover a rank-k shift, r ≥ k does) must hold; 03 must mark the
-configs that diverge; 04 aggregates a real grid-runner sweep of notebook 01. Kernels get
+configs that diverge; 04 aggregates a real grid-runner sweep of notebook 01 and finds
+the numbers of notebook 03 (train_many) for the same configs. Kernels get
 a cache folder of their own (``LORA_CORE_CACHE``) and one thread: at this size one thread
 is faster than two, and a fixed count keeps the numbers those of the baselines.
 """
@@ -32,6 +33,8 @@ SMALL = {
     "03_alpha_sweep": dict(SMALL_DATA, optimizer="sgd"),
 }
 SMALL_SWEEP_GRID = {"r": [1, 2], "lora_alpha": [1.0, 8.0]}
+# The same configs by the in-notebook route, for 04 to compare the two routes.
+SMALL_SAME_CONFIGS = dict(SMALL_DATA, ranks="1, 2", lora_alphas="1, 8", scalings="standard")
 FIGURES = {
     "02_rank_sweep": ("loss_curves", "delta_error_vs_r", "final_loss_vs_r", "delta_grid",
                       "delta_error_grid", "singular_values"),
@@ -82,8 +85,10 @@ def small_sweep(kernel_env, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def small_report(small_sweep, tmp_path_factory):
+    in_notebook = tmp_path_factory.mktemp("same_configs")
+    run("03_alpha_sweep", in_notebook, **SMALL_SAME_CONFIGS)
     out = tmp_path_factory.mktemp("report")
-    return out, run("04_sweep_report", out, sweep_dir=str(small_sweep))
+    return out, run("04_sweep_report", out, sweep_dir=str(small_sweep), compare_with=str(in_notebook))
 
 
 def image_outputs(executed):
@@ -192,6 +197,12 @@ def test_sweep_report_shows_its_figures_inline_and_saves_them(small_report):
     assert record["metrics"]["adapter_vs_metrics_max_diff"] < 1e-9
 
 
+def test_grid_runner_and_train_many_give_the_same_numbers(small_report):
+    _, record = small_report
+    assert record["metrics"]["routes_compared"] == 4
+    assert record["metrics"]["routes_max_relative_diff"] < 1e-3
+
+
 def test_sweep_report_lists_a_failed_config_with_its_error(small_sweep, tmp_path):
     # The finished sweep, extended by a rank the small layer cannot take: the four
     # finished configs are skipped, the two new ones fail in notebook 01's validation.
@@ -201,7 +212,7 @@ def test_sweep_report_lists_a_failed_config_with_its_error(small_sweep, tmp_path
     result = lc.run_sweep(NOTEBOOK01, grid, SMALL_DATA, sweep, render_html=False, progress=False)
     assert len(result.failed) == 2
 
-    record = run("04_sweep_report", tmp_path / "report", sweep_dir=str(sweep))
+    record = run("04_sweep_report", tmp_path / "report", sweep_dir=str(sweep), compare_with="")
     metrics = record["metrics"]
     assert (metrics["configs"], metrics["configs_ok"], metrics["configs_failed"]) == (6, 4, 2)
     assert metrics["lora_final_loss_r100_lora_alpha1"] is None
