@@ -28,7 +28,7 @@ from .inject import (
     unmerge_lora,
 )
 from .cache import pretrain_base
-from .layer import LoRALinear, lora_scale
+from .layer import INITS, SCALINGS, LoRALinear, lora_scale
 from .multi import AdapterRun, config_grid, train_many
 from .tasks import (
     BLOG_LORA_LOSSES,
@@ -58,7 +58,7 @@ from .reports import (
     write_json_atomic,
     write_metrics,
 )
-from .training import History, evaluate, resolve_device, seed_everything, train
+from .training import OPTIMIZERS, SAMPLINGS, History, evaluate, resolve_device, seed_everything, train
 
 # The notebook runner imports papermill, which a notebook kernel never needs: its names
 # load on first use, so `import lora_core` inside every executed notebook stays quick.
@@ -89,6 +89,10 @@ __all__ = [
     "BLOG_PRETRAIN_LOSSES",
     "BLOG_SHIFTED_BASE_LOSS",
     "History",
+    "INITS",
+    "OPTIMIZERS",
+    "SAMPLINGS",
+    "SCALINGS",
     "LoRALinear",
     "adapter_deltas",
     "add_lora",

@@ -3,8 +3,8 @@
 Every notebook run and sweep config starts from the same "pre-trained" ``nn.Linear``.
 Pre-training it is most of a run's cost, so the trained weight and its History are kept
 in a cache folder, keyed by a hash of everything that determines them: the data itself
-(its bytes, not just its seed), the training settings and seed, the device type, and the
-lora_core and torch versions. A changed input gives a new key, so the cache is never
+(its bytes, not just its seed), the training settings and seed, the device type, the
+training loop's source, and the lora_core and torch versions. A changed input gives a new key, so the cache is never
 silently stale; deleting the folder is always safe.
 """
 
@@ -40,7 +40,10 @@ def cache_key(X: torch.Tensor, y: torch.Tensor, settings: dict) -> str:
         t = t.detach().cpu().contiguous()
         digest.update(repr((t.dtype, tuple(t.shape))).encode())
         digest.update(t.view(torch.uint8).numpy() if t.numel() else b"")
-    meta = {**settings, "lora_core": __version__, "torch": torch.__version__}
+    # The training code is part of the key too: a change to the loop (a new fast path,
+    # say) must not silently reuse bases trained by the old one.
+    code = hashlib.sha256(Path(__file__).with_name("training.py").read_bytes()).hexdigest()
+    meta = {**settings, "lora_core": __version__, "torch": torch.__version__, "training_code": code}
     digest.update(json.dumps(meta, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:24]
 

@@ -83,6 +83,12 @@ def shift_theta(
 # How well a recovered ΔΘ matches the shift that was applied
 
 
+DELTA_METRICS = (
+    "delta_relative_error", "delta_cosine", "delta_mean", "delta_std",
+    "delta_max_abs_error", "delta_energy_beyond_rank1",
+)
+
+
 def compare_delta(delta: torch.Tensor, shift: torch.Tensor) -> dict:
     """Numbers that say how close the learned ΔΘ is to the true shift (same shape)."""
     if tuple(delta.shape) != tuple(shift.shape):
@@ -91,6 +97,9 @@ def compare_delta(delta: torch.Tensor, shift: torch.Tensor) -> dict:
             f"{tuple(shift.shape)}"
         )
     d, s = delta.detach().double().cpu(), shift.detach().double().cpu()
+    if not torch.isfinite(d).all():
+        # A diverged run: every number is undefined, which is what the report should say.
+        return dict.fromkeys(DELTA_METRICS, float("nan"))
     sv = torch.linalg.svdvals(d)
     return {
         "delta_relative_error": float(torch.linalg.norm(d - s) / torch.linalg.norm(s)),

@@ -78,3 +78,10 @@ def test_low_rank_error_is_the_truncated_svd_error():
 def test_invalid_task_arguments_name_the_parameter(call, name):
     with pytest.raises(ValueError, match=rf"^{name}="):
         call()
+
+
+def test_compare_delta_of_a_diverged_delta_is_all_nan():
+    delta = torch.ones(4, 3)
+    delta[1, 2] = float("nan")
+    metrics = compare_delta(delta, torch.ones(4, 3))
+    assert metrics and all(v != v for v in metrics.values())
