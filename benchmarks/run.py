@@ -55,7 +55,7 @@ from torch.nn import functional as F
 import lora_core as lc
 from lora_core.multi import _RankGroup
 from lora_core.reports import environment_info
-from lora_core.training import ADAPTER_THREADS, _autograd_step, _lora_step, limit_threads, make_optimizer
+from lora_core.training import _autograd_step, _lora_step, make_optimizer
 
 from . import peers
 from .seed_style import SeedLoRA, seed_lora, seed_pretrain
@@ -92,7 +92,7 @@ QUICK = Scale(n=512, d_in=65, d_out=64, batch_size=32, epochs=4, eval_every=2, s
 # Timing and summaries
 
 
-def interleaved(variants: dict, rounds: int) -> dict[str, list[float]]:
+def interleaved(variants: dict, rounds: int, verbose: bool = False) -> dict[str, list[float]]:
     """Seconds per call of each variant, round i calling them in an order rotated by i."""
     names = list(variants)
     times = {name: [] for name in names}
@@ -102,6 +102,8 @@ def interleaved(variants: dict, rounds: int) -> dict[str, list[float]]:
             start = time.perf_counter()
             variants[name]()
             times[name].append(time.perf_counter() - start)
+            if verbose:
+                print(f"  round {i + 1}/{rounds}: {name}: {times[name][-1]:.2f} s", flush=True)
     return times
 
 
@@ -117,11 +119,14 @@ class Results:
         self.timings: dict[str, dict[str, list[float]]] = {}
         self.ratios: list[dict] = []
         self.notes: list[str] = []
+        self.load: dict[str, list[float]] = {}  # 1-minute load average before and after each part
+        # The pre-trained base, shared by the parts that start from it (not a timed cold cache).
+        self.cache = tempfile.TemporaryDirectory(prefix="lora_core-benchmark-")
 
     def check(self, name: str, rel_diff: float, tolerance: float) -> None:
         ok = bool(rel_diff <= tolerance)
         self.checks.append({"check": name, "max_rel_diff": rel_diff, "tolerance": tolerance, "ok": ok})
-        print(f"  check {'ok  ' if ok else 'FAIL'} {name}: {rel_diff:.2e} (tolerance {tolerance:g})")
+        print(f"  check {'ok  ' if ok else 'FAIL'} {name}: {rel_diff:.2e} (tolerance {tolerance:g})", flush=True)
 
     def ratio(self, part, name, num: list[float], den: list[float], goal: float | None = None, note=""):
         """Per-round ratios num/den; ``goal`` is the largest median that meets it."""
@@ -129,7 +134,7 @@ class Results:
         row = {"part": part, "ratio": name, **summary(values), "goal": goal, "note": note}
         row["met"] = None if goal is None else bool(row["median"] <= goal)
         self.ratios.append(row)
-        print(f"  {name}: {row['median']:.3f} ({row['min']:.3f}-{row['max']:.3f})")
+        print(f"  {name}: {row['median']:.3f} ({row['min']:.3f}-{row['max']:.3f})", flush=True)
 
 
 def rel_diff(got, ref) -> float:
@@ -191,9 +196,11 @@ def step_gradients(base, A, B, alpha, x, y) -> dict[str, tuple]:
     fast = _lora_core_layer(base, A, B, alpha)
     loss = _lora_step(fast, _NoStep())(x, residual)
     out["lora_core fast path"] = (loss, fast.A.grad, fast.B.grad)
-    group = _RankGroup(A.shape[1], [0], [_lora_core_layer(base, A, B, alpha)])
-    loss = group.set_grads(x, residual)
-    out["lora_core train_many step"] = (loss[0], group.A.grad, group.B.grad[0])
+    group = _RankGroup(A.shape[1], [0], [_lora_core_layer(base, A, B, alpha)], slice(0, A.shape[1]))
+    H = x @ A
+    dH = torch.empty_like(H)
+    loss = group.set_grads(H, residual, dH)
+    out["lora_core train_many step"] = (loss[0], x.T @ dH, group.B.grad[0])
     seed = _seed_layer(base, A, B, alpha)
     out["seed-style"] = _autograd_grads(seed, x, y, lambda: seed.A.grad, lambda: seed.B.grad)
     ll = peers.loralib_layer(base, A, B, alpha)
@@ -261,13 +268,7 @@ def part_step(res: Results, sc: Scale) -> None:
     layer = _lora_core_layer(base, A, B, alpha)
     variants["lora_core LoRALinear"] = module_step(layer, adam([layer.A, layer.B]))
     fast = _lora_core_layer(base, A, B, alpha)
-    fast_step = blocked(_lora_step(fast, adam([fast.A, fast.B])), x, residual)
-
-    def fast_run():
-        with limit_threads(ADAPTER_THREADS):  # as train() runs it
-            fast_step()
-
-    variants["lora_core fast path (cached base output)"] = fast_run
+    variants["lora_core fast path (cached base output)"] = blocked(_lora_step(fast, adam([fast.A, fast.B])), x, residual)
     seed = _seed_layer(base, A, B, alpha)
     variants["seed-style (ΔΘ materialised)"] = module_step(seed, torch.optim.Adam([seed.A, seed.B], lr=sc.lr))
     ll = peers.loralib_layer(base, A, B, alpha)
@@ -324,7 +325,6 @@ def part_notebook(res: Results, sc: Scale) -> None:
     X, y, X2, y2 = blog_data(sc)
     sched = schedule(sc)
     curves = {}
-    warm_cache = tempfile.TemporaryDirectory()
 
     def lora_core_run(cache_dir=None):
         with tempfile.TemporaryDirectory() as cold:
@@ -339,14 +339,13 @@ def part_notebook(res: Results, sc: Scale) -> None:
         _, post = seed_lora(base, X2, y2, r=1, alpha=1.0, seed=0, **sched)
         curves["seed-style"] = (pre, post)
 
-    lc.pretrain_base(X, y, seed=0, progress=False, cache_dir=warm_cache.name, **sched)
+    pretrained(res, sc)  # fills the warm cache
     variants = {
         "lora_core, cold cache": lambda: curves.__setitem__("lora_core", lora_core_run()),
         "seed-style script": seed_run,
-        "lora_core, warm cache": lambda: lora_core_run(warm_cache.name),
+        "lora_core, warm cache": lambda: lora_core_run(res.cache.name),
     }
-    times = interleaved(variants, sc.rounds)
-    warm_cache.cleanup()
+    times = interleaved(variants, sc.rounds, verbose=True)
     res.timings["notebook"] = times
     ours, theirs = curves["lora_core"], curves["seed-style"]
     # Same data, initial weights and minibatches; Adam's rounding differs over 2 × 7800 steps.
@@ -368,15 +367,15 @@ def sweep_configs(count: int) -> list[dict]:
     return [{"r": RANKS[i % len(RANKS)], "lora_alpha": alphas[i // len(RANKS)]} for i in range(count)]
 
 
-def pretrained(sc: Scale):
+def pretrained(res: Results, sc: Scale):
+    """The blog's pre-trained base (trained once per benchmark run) and the new task."""
     X, y, X2, y2 = blog_data(sc)
-    with tempfile.TemporaryDirectory() as cache:
-        base, _ = lc.pretrain_base(X, y, seed=0, progress=False, cache_dir=cache, **schedule(sc))
+    base, _ = lc.pretrain_base(X, y, seed=0, progress=False, cache_dir=res.cache.name, **schedule(sc))
     return base, X2, y2
 
 
 def part_sweep(res: Results, sc: Scale) -> None:
-    base, X2, y2 = pretrained(sc)
+    base, X2, y2 = pretrained(res, sc)
     sched = schedule(sc)
     configs = lc.config_grid(r=list(RANKS), lora_alpha=list(ALPHAS))
     subset = [{"r": r, "lora_alpha": a} for r, a in zip(RANKS, ALPHAS)][: sc.subset]  # each rank, each alpha once
@@ -397,7 +396,7 @@ def part_sweep(res: Results, sc: Scale) -> None:
         "seed-style, one adapter (r=1, α=1)": lambda: seed_lora(copy.deepcopy(base), X2, y2, seed=0, **sched),
         f"train(), {len(subset)} configs one by one": one_by_one,
     }
-    times = interleaved(variants, sc.rounds)
+    times = interleaved(variants, sc.rounds, verbose=True)
     res.timings["sweep"] = times
     for cfg in subset:
         key = tuple(cfg.values())
@@ -419,14 +418,14 @@ def part_sweep(res: Results, sc: Scale) -> None:
 
 
 def part_scaling(res: Results, sc: Scale) -> None:
-    base, X2, y2 = pretrained(sc)
+    base, X2, y2 = pretrained(res, sc)
     sched = schedule(sc, sc.scaling_epochs)
     variants = {
         f"train_many, {k} configs": (lambda k=k: lc.train_many(base, X2, y2, sweep_configs(k), seed=0,
                                                                 progress=False, **sched))
         for k in SCALING_COUNTS
     }
-    times = interleaved(variants, sc.rounds)
+    times = interleaved(variants, sc.rounds, verbose=True)
     res.timings["scaling"] = times
     one = times[f"train_many, {SCALING_COUNTS[0]} configs"]
     for k in SCALING_COUNTS[1:]:
@@ -460,7 +459,11 @@ def markdown(res: Results, env: dict, sc: Scale, command: str) -> str:
         "# lora_core benchmark",
         "",
         f"Machine: {env['cpu']}, {env['cpu_count']} cores, torch {env['torch']}, "
-        f"{env['torch_threads']} threads; {env.get('timestamp', '')}. Command: `{command}`.",
+        f"{env['torch_threads']} threads, OMP_WAIT_POLICY={env['omp_wait_policy'] or 'unset'}; "
+        f"{env.get('timestamp', '')}. Command: `{command}`.",
+        "1-minute load average (before → after) by part: "
+        + ", ".join(f"{p} {a:.1f} → {b:.1f}" for p, (a, b) in env["load_average_by_part"].items())
+        + " (2 cores: above about 2, other processes were competing for them).",
         f"Sizes: n={sc.n}, d_in={sc.d_in}, d_out={sc.d_out}, batch {sc.batch_size}, {sc.epochs} epochs; "
         f"{sc.rounds} interleaved rounds per whole-run part, {sc.step_rounds} × {sc.step_block} steps per step variant.",
         "",
@@ -497,7 +500,15 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="rounds per part (default 3; 15 for step)")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
     parser.add_argument("--output", default=None, help="folder for benchmark.md and benchmark.json")
+    parser.add_argument("--omp-passive", action="store_true",
+                        help="run with OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of "
+                             "spinning, which keeps 2-thread timings sane when other processes share the cores")
     args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if args.omp_passive and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
+        # OpenMP reads its wait policy once, when torch loads it: start again with it set.
+        env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+        os.execve(sys.executable, [sys.executable, "-m", "benchmarks.run", *argv], env)
     parts = [p.strip() for p in args.only.split(",") if p.strip()]
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
@@ -507,16 +518,20 @@ def main(argv=None) -> int:
         sc.rounds = sc.step_rounds = max(1, args.repeats)
     torch.set_num_threads(args.threads)
     output = Path(args.output or ("reports/benchmarks/quick" if args.quick else "reports/benchmarks"))
-    command = "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m benchmarks.run " + " ".join(argv)
 
     res = Results()
     for part in parts:
         print(f"[{part}]", flush=True)
+        before = os.getloadavg()[0]
         {"step": part_step, "notebook": part_notebook, "sweep": part_sweep, "scaling": part_scaling}[part](res, sc)
+        res.load[part] = [before, os.getloadavg()[0]]
     for note in peers.missing.values():
         print("note:", note)
 
     env = machine()
+    env["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY")
+    env["load_average_by_part"] = res.load
     output.mkdir(parents=True, exist_ok=True)
     (output / "benchmark.md").write_text(markdown(res, env, sc, command.strip()))
     record = {"command": command.strip(), "environment": env, "scale": asdict(sc), "parts": parts,

@@ -109,7 +109,10 @@ class LoRALinear(nn.Module):
         out = self.base(x)
         if self.merged:
             return out
-        return out + self.lora_forward(x)
+        # addmm adds (x·A·s)·B onto the base's output inside the matmul: no (rows, d_out)
+        # temporary for the update and no separate pass to add it.
+        h = self.dropout(x) @ self.A * self.scale
+        return torch.addmm(out.reshape(-1, out.shape[-1]), h.reshape(-1, self.r), self.B).view(out.shape)
 
     def delta_weight(self) -> torch.Tensor:
         """ΔΘ = A · B · scale, shape (d_in, d_out): the blog's orientation."""

@@ -57,20 +57,19 @@ def config_grid(**axes) -> list[dict]:
 
 
 class _RankGroup:
-    """The configs that share one rank r, stacked into (K, …) tensors."""
+    """The configs that share one rank r: their B stacked (K, r, d_out), their scales,
+    and where their columns of the shared A (d_in, Σr) lie."""
 
-    def __init__(self, r: int, members: list[int], layers: list[LoRALinear]):
-        self.r, self.members = r, members
+    def __init__(self, r: int, members: list[int], layers: list[LoRALinear], cols: slice):
+        self.r, self.members, self.cols = r, members, cols
         group = [layers[i] for i in members]
-        # A is laid out (d_in, K·r) so one matmul serves every config of the group.
-        self.A = nn.Parameter(torch.cat([lay.A.detach() for lay in group], dim=1))
         self.B = nn.Parameter(torch.stack([lay.B.detach() for lay in group]))
-        self.learnable = torch.tensor([lay.scaling == "learnable" for lay in group], device=self.A.device)
+        self.learnable = torch.tensor([lay.scaling == "learnable" for lay in group], device=self.B.device)
         self.fixed_scale = torch.stack([lay.scale.detach() for lay in group])
         self.scale = nn.Parameter(self.fixed_scale.clone()) if self.learnable.any() else None
 
     def parameters(self) -> list[nn.Parameter]:
-        return [self.A, self.B] + ([self.scale] if self.scale is not None else [])
+        return [self.B] + ([self.scale] if self.scale is not None else [])
 
     def scales(self) -> torch.Tensor:
         """Every config's scale, shape (K, 1, 1)."""
@@ -79,38 +78,38 @@ class _RankGroup:
         # Only learnable configs take their scale from the trained parameter.
         return torch.where(self.learnable, self.scale, self.fixed_scale).view(-1, 1, 1)
 
-    def hidden(self, x: torch.Tensor) -> torch.Tensor:
-        """x·A for every config, unscaled: shape (K, rows, r)."""
-        return (x @ self.A).view(x.shape[0], len(self.members), self.r).transpose(0, 1)
+    def hidden(self, H: torch.Tensor) -> torch.Tensor:
+        """This group's columns of H = x·A (rows, Σr), as (K, rows, r), unscaled."""
+        return H[:, self.cols].view(H.shape[0], len(self.members), self.r).transpose(0, 1)
 
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """Every config's update for the rows x: shape (K, rows, d_out)."""
-        return torch.bmm(self.hidden(x) * self.scales(), self.B)
+    def residual(self, H: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Every config's update minus the target t, for the rows of H = x·A: (K, rows, d_out)."""
+        return torch.baddbmm(t, self.hidden(H) * self.scales(), self.B, beta=-1)
 
     @torch.no_grad()
-    def set_grads(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Write every config's gradient for the rows (x, t); return the (K,) minibatch MSEs.
+    def set_grads(self, H: torch.Tensor, t: torch.Tensor, gH: torch.Tensor) -> torch.Tensor:
+        """Write dB (and ds) and this group's columns of dloss/dH into gH; return the (K,) MSEs.
 
         The formulas of ``training._lora_step``, batched over the group: each config's
         gradient is that of its own loss alone. The (K, b, d_out) residual is the one
-        large tensor of the step, so it is written once and read three times (loss, dB,
-        dA); the 2/numel factor goes onto the small products instead.
+        large tensor of the step, so it is written once and read three times (dB, dH,
+        loss); the 2/numel factor goes onto the small products instead.
         """
-        h, s = self.hidden(x), self.scales()  # (K, b, r), (K, 1, 1)
+        h, s = self.hidden(H), self.scales()  # (K, b, r), (K, 1, 1)
         diff = torch.baddbmm(t, h * s, self.B, beta=-1)  # h·s·B − t, (K, b, d_out)
         c = 2.0 / diff[0].numel()
         hg = torch.bmm(h.transpose(1, 2), diff).mul_(c)  # hᵀg, (K, r, d_out)
-        gB = torch.bmm(diff, self.B.transpose(1, 2)).mul_(s * c)  # g·Bᵀ·s, (K, b, r)
-        self.A.grad = x.T @ gB.transpose(0, 1).reshape(x.shape[0], -1)  # (d_in, K·r)
+        self.hidden(gH).copy_(torch.bmm(diff, self.B.transpose(1, 2)).mul_(s * c))  # g·Bᵀ·s
         self.B.grad = hg * s
         if self.scale is not None:
             self.scale.grad = torch.where(self.learnable, (hg * self.B).sum(dim=(1, 2)), 0.0)
         return torch.linalg.vector_norm(diff, dim=(1, 2)).square_().div_(diff[0].numel())
 
-    def copy_into(self, layers: list[LoRALinear]) -> None:
+    def copy_into(self, layers: list[LoRALinear], A: torch.Tensor) -> None:
         with torch.no_grad():
+            cols = A[:, self.cols]
             for k, i in enumerate(self.members):
-                layers[i].A.copy_(self.A[:, k * self.r : (k + 1) * self.r])
+                layers[i].A.copy_(cols[:, k * self.r : (k + 1) * self.r])
                 layers[i].B.copy_(self.B[k])
                 if self.scale is not None and self.learnable[k]:
                     layers[i].scale.copy_(self.scale[k])
@@ -177,12 +176,15 @@ def train_many(
     with torch.no_grad():
         # As in `train`'s fast path: the frozen base's output is computed once.
         target = y - torch.cat([base(X[i : i + EVAL_CHUNK]) for i in range(0, len(X), EVAL_CHUNK)])
-    ranks = sorted({layer.r for layer in layers})
-    groups = [
-        _RankGroup(r, [i for i, layer in enumerate(layers) if layer.r == r], layers) for r in ranks
-    ]
+    groups, start = [], 0
+    for r in sorted({layer.r for layer in layers}):
+        members = [i for i, layer in enumerate(layers) if layer.r == r]
+        groups.append(_RankGroup(r, members, layers, slice(start, start + r * len(members))))
+        start += r * len(members)
+    # One A (d_in, Σr) for every config, so x·A and dA = xᵀ·dH are one matmul per step.
+    A = nn.Parameter(torch.cat([layers[i].A.detach() for g in groups for i in g.members], dim=1))
     opt = make_optimizer(
-        settings["optimizer"], [p for g in groups for p in g.parameters()], settings["lr"]
+        settings["optimizer"], [A] + [p for g in groups for p in g.parameters()], settings["lr"]
     )
     recorders = [
         _Recorder({**settings, **cfg, "seed": seed, "device": str(dev), "joint": len(configs)})
@@ -195,13 +197,17 @@ def train_many(
         idx = batch_indices(n, steps, settings["batch_size"], settings["sampling"], gen).to(dev)
         epoch_losses = [torch.zeros(len(g.members), device=dev) for g in groups]
         for rows in idx:
-            x, t = X[rows], target[rows]
-            for g, acc in zip(groups, epoch_losses):
-                acc += g.set_grads(x, t)
+            x, t = X.index_select(0, rows), target.index_select(0, rows)
+            with torch.no_grad():
+                H = x @ A  # (b, Σr)
+                gH = torch.empty_like(H)
+                for g, acc in zip(groups, epoch_losses):
+                    acc += g.set_grads(H, t, gH)
+                A.grad = x.T @ gH
             opt.step()
         train_losses = _per_config(groups, epoch_losses, len(configs)) / steps
         evaluate = epoch % settings["eval_every"] == 0 or epoch == settings["epochs"]
-        eval_losses = _full_losses(groups, X, target, len(configs)) if evaluate else None
+        eval_losses = _full_losses(groups, A, X, target, len(configs)) if evaluate else None
         for i in np.flatnonzero(running):
             ev = None if eval_losses is None or not np.isfinite(train_losses[i]) else eval_losses[i]
             recorders[i].add(epoch, float(train_losses[i]), ev)
@@ -210,7 +216,7 @@ def train_many(
             break
 
     for g in groups:
-        g.copy_into(layers)
+        g.copy_into(layers, A)
     return [AdapterRun(cfg, layer, rec.history()) for cfg, layer, rec in zip(configs, layers, recorders)]
 
 
@@ -221,13 +227,13 @@ def _per_config(groups: list[_RankGroup], values: list[torch.Tensor], count: int
     return out
 
 
-def _full_losses(groups: list[_RankGroup], X: torch.Tensor, target: torch.Tensor, count: int) -> np.ndarray:
+def _full_losses(groups: list[_RankGroup], A: torch.Tensor, X: torch.Tensor, target: torch.Tensor, count: int) -> np.ndarray:
     """Full-data MSE of every config, in row chunks sized so (K, rows, d_out) stays small."""
     totals = [torch.zeros(len(g.members), dtype=torch.float64, device=X.device) for g in groups]
-    with torch.no_grad():
-        for g, total in zip(groups, totals):
-            chunk = max(256, EVAL_CHUNK // len(g.members))
-            for start in range(0, X.shape[0], chunk):
-                diff = g.predict(X[start : start + chunk]) - target[start : start + chunk]
-                total += diff.double().pow(2).sum(dim=(1, 2))
+    chunk = max(256, EVAL_CHUNK // max(len(g.members) for g in groups))
+    with torch.inference_mode():
+        for start in range(0, X.shape[0], chunk):
+            H, t = X[start : start + chunk] @ A, target[start : start + chunk]
+            for g, total in zip(groups, totals):
+                total += torch.linalg.vector_norm(g.residual(H, t), dim=(1, 2), dtype=torch.float64).square()
     return _per_config(groups, [t / target.numel() for t in totals], count)

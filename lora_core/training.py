@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import random
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -188,7 +187,8 @@ def full_mse(predict, X: torch.Tensor, target: torch.Tensor) -> float:
     with torch.inference_mode():
         for start in range(0, X.shape[0], EVAL_CHUNK):
             diff = predict(X[start : start + EVAL_CHUNK]) - target[start : start + EVAL_CHUNK]
-            total += float(diff.double().pow(2).sum())
+            # Accumulated in float64 inside the kernel: exact sums, no float64 copy of diff.
+            total += float(torch.linalg.vector_norm(diff, dtype=torch.float64)) ** 2
     return total / target.numel()
 
 
@@ -203,26 +203,6 @@ def evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> float:
         return full_mse(model, X.to(dev), y.to(dev))
     finally:
         model.train(was_training)
-
-
-# The cached adapter step multiplies (b × r) and (r × d) matrices only: too little work to
-# share between threads. On a 2-core CPU one thread runs an epoch of it about 2.5x faster
-# than two (fork/join costs more than it saves), and far faster when other processes
-# compete for the cores.
-ADAPTER_THREADS = 1
-
-
-@contextmanager
-def limit_threads(n: int | None):
-    """Run the block on at most ``n`` intra-op threads (None: as configured); restore after."""
-    before = torch.get_num_threads()
-    if n is not None and n < before:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
 
 
 def _cacheable(model: nn.Module) -> bool:
@@ -291,23 +271,22 @@ def train(
     n, steps = X.shape[0], X.shape[0] // settings["batch_size"]
     rec = _Recorder({**settings, "seed": seed, "device": str(dev), "cache_frozen": fast})
     model.train()
-    with limit_threads(ADAPTER_THREADS if fast else None):
-        for epoch in tqdm(range(1, settings["epochs"] + 1), desc="epochs", disable=not progress, leave=False):
-            idx = batch_indices(n, steps, settings["batch_size"], settings["sampling"], gen).to(dev)
-            epoch_loss = torch.zeros((), device=dev)
-            for rows in idx:
-                # index_select: the same rows as X[rows], gathered about 3x faster on CPU.
-                epoch_loss += step(X.index_select(0, rows), target.index_select(0, rows))
-            train_loss = float(epoch_loss) / steps  # one device sync per epoch, not per step
-            evaluate = epoch % settings["eval_every"] == 0 or epoch == settings["epochs"]
-            eval_loss = None
-            if evaluate and np.isfinite(train_loss):
-                model.eval()
-                eval_loss = full_mse(predict, X, target)
-                model.train()
-            rec.add(epoch, train_loss, eval_loss)
-            if rec.diverged_at is not None:
-                break
+    for epoch in tqdm(range(1, settings["epochs"] + 1), desc="epochs", disable=not progress, leave=False):
+        idx = batch_indices(n, steps, settings["batch_size"], settings["sampling"], gen).to(dev)
+        epoch_loss = torch.zeros((), device=dev)
+        for rows in idx:
+            # index_select: the same rows as X[rows], gathered about 3x faster on CPU.
+            epoch_loss += step(X.index_select(0, rows), target.index_select(0, rows))
+        train_loss = float(epoch_loss) / steps  # one device sync per epoch, not per step
+        evaluate = epoch % settings["eval_every"] == 0 or epoch == settings["epochs"]
+        eval_loss = None
+        if evaluate and np.isfinite(train_loss):
+            model.eval()
+            eval_loss = full_mse(predict, X, target)
+            model.train()
+        rec.add(epoch, train_loss, eval_loss)
+        if rec.diverged_at is not None:
+            break
     return rec.history()
 
 
@@ -350,7 +329,9 @@ def _linear_step(linear: nn.Linear, opt: torch.optim.Optimizer):
         diff = F.linear(x, W, bias).sub_(t)  # (b, d_out)
         loss = diff.pow(2).mean()
         g = diff.mul_(2 / diff.numel())
-        W.grad = g.T @ x  # (d_out, d_in)
+        if W.grad is None:
+            W.grad = torch.empty_like(W)
+        torch.mm(g.T, x, out=W.grad)  # (d_out, d_in), into the same buffer every step
         if bias is not None:
             bias.grad = g.sum(0)
         opt.step()

@@ -1,0 +1,195 @@
+"""The fast paths compute what the plain autograd loop computes, up to float rounding.
+
+Each fast path is checked against an independent reference: hand-written gradients
+against autograd on the same tensors, the fast training loop against
+``cache_frozen=False``, and ``train_many`` against training each config alone with the
+plain loop.
+"""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import lora_core as lc
+from lora_core.multi import _RankGroup
+from lora_core.training import _hand_step, _linear_step, _lora_step, full_mse
+
+SCHEDULE = dict(epochs=6, batch_size=32, lr=1e-2, eval_every=3, progress=False)
+
+
+class _NoStep:
+    """An optimizer that leaves the parameters alone, so the gradients can be read."""
+
+    def step(self):
+        pass
+
+
+def _layer(r=3, scaling="standard", seed=0, d_in=17, d_out=13, **kw):
+    torch.manual_seed(seed)
+    layer = lc.LoRALinear(nn.Linear(d_in, d_out, bias=False), r=r, lora_alpha=4.0, scaling=scaling, **kw)
+    with torch.no_grad():
+        layer.B.normal_()  # B ≠ 0, so dA ≠ 0
+    return layer
+
+
+def _task(n=256, d_in=17, d_out=13, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, d_in, generator=gen)
+    y = X @ torch.randn(d_in, d_out, generator=gen) + 0.1 * torch.randn(n, d_out, generator=gen)
+    return X, y
+
+
+@pytest.mark.parametrize("scaling", ["standard", "rslora", "learnable"])
+def test_hand_written_adapter_gradients_equal_autograd(scaling):
+    layer = _layer(scaling=scaling)
+    x, y = torch.randn(32, 17), torch.randn(32, 13)
+    with torch.no_grad():
+        residual = y - layer.base(x)
+    loss = F.mse_loss(layer(x), y)
+    loss.backward()
+    expected = [loss.detach()] + [p.grad.clone() for p in (layer.A, layer.B, layer.scale) if p.grad is not None]
+    for p in layer.parameters():
+        p.grad = None
+    got = [_lora_step(layer, _NoStep())(x, residual)]
+    got += [p.grad for p in (layer.A, layer.B, layer.scale) if p.grad is not None]
+    assert len(got) == len(expected) == (4 if scaling == "learnable" else 3)
+    for g, e in zip(got, expected):
+        assert torch.allclose(g, e, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_hand_written_linear_gradients_equal_autograd(bias):
+    torch.manual_seed(0)
+    linear = nn.Linear(17, 13, bias=bias)
+    x, y = torch.randn(32, 17), torch.randn(32, 13)
+    loss = F.mse_loss(linear(x), y)
+    loss.backward()
+    expected = [loss.detach()] + [p.grad.clone() for p in linear.parameters()]
+    linear.zero_grad(set_to_none=True)
+    got = [_linear_step(linear, _NoStep())(x, y)] + [p.grad for p in linear.parameters()]
+    for g, e in zip(got, expected):
+        assert torch.allclose(g, e, rtol=1e-5, atol=1e-6)
+
+
+def test_rank_group_gradients_equal_autograd_per_config():
+    layers = [_layer(r=2, seed=s, scaling=sc) for s, sc in enumerate(["standard", "rslora", "learnable"])]
+    for layer in layers[1:]:
+        layer.base = layers[0].base
+    x, y = torch.randn(32, 17), torch.randn(32, 13)
+    with torch.no_grad():
+        residual = y - layers[0].base(x)
+    group = _RankGroup(2, [0, 1, 2], layers, slice(0, 6))
+    A = torch.cat([layer.A.detach() for layer in layers], dim=1)
+    H, dH = x @ A, torch.empty(32, 6)
+    losses = group.set_grads(H, residual, dH)
+    dA = x.T @ dH
+    for k, layer in enumerate(layers):
+        loss = F.mse_loss(layer(x), y)
+        loss.backward()
+        assert torch.allclose(losses[k], loss.detach(), rtol=1e-5)
+        assert torch.allclose(dA[:, 2 * k : 2 * k + 2], layer.A.grad, rtol=1e-4, atol=1e-6)
+        assert torch.allclose(group.B.grad[k], layer.B.grad, rtol=1e-4, atol=1e-6)
+        if layer.scaling == "learnable":
+            assert torch.allclose(group.scale.grad[k], layer.scale.grad, rtol=1e-4)
+        elif group.scale is not None:
+            assert group.scale.grad[k] == 0  # a fixed scale is never moved
+
+
+def _frames_close(a, b, rtol=1e-4):
+    np.testing.assert_allclose(a.frame["train_loss"], b.frame["train_loss"], rtol=rtol)
+    np.testing.assert_allclose(a.eval_losses, b.eval_losses, rtol=rtol)
+
+
+@pytest.mark.parametrize(
+    "scaling, optimizer, sampling",
+    [("standard", "adam", "with_replacement"), ("rslora", "adamw", "shuffle"), ("learnable", "sgd", "with_replacement")],
+)
+def test_fast_adapter_training_equals_the_plain_loop(scaling, optimizer, sampling):
+    X, y = _task()
+    runs = []
+    for cache_frozen in (True, False):
+        layer = _layer(r=2, scaling=scaling)
+        history = lc.train(layer, X, y, seed=3, optimizer=optimizer, sampling=sampling,
+                           cache_frozen=cache_frozen, **SCHEDULE)
+        runs.append((history, layer))
+    (fast, fast_layer), (plain, plain_layer) = runs
+    assert fast.settings["cache_frozen"] and not plain.settings["cache_frozen"]
+    _frames_close(fast, plain)
+    assert torch.allclose(fast_layer.delta_weight(), plain_layer.delta_weight(), rtol=1e-4, atol=1e-5)
+    assert torch.allclose(fast_layer.scale, plain_layer.scale, rtol=1e-5)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_fast_pretraining_equals_the_plain_loop(bias):
+    X, y = _task()
+    runs = []
+    for cache_frozen in (True, False):
+        torch.manual_seed(0)
+        model = nn.Linear(17, 13, bias=bias)
+        runs.append((lc.train(model, X, y, seed=1, cache_frozen=cache_frozen, **SCHEDULE), model))
+    (fast, fast_model), (plain, plain_model) = runs
+    _frames_close(fast, plain)
+    for p, q in zip(fast_model.parameters(), plain_model.parameters()):
+        assert torch.allclose(p, q, rtol=1e-4, atol=1e-6)
+
+
+def test_hand_step_applies_only_to_the_blogs_two_models():
+    opt = _NoStep()
+    assert _hand_step(nn.Linear(4, 3), opt) is not None
+    assert _hand_step(_layer(), opt) is not None
+    assert _hand_step(_layer(lora_dropout=0.1), opt) is None  # dropout: autograd on the cached residual
+    partly_frozen = nn.Linear(4, 3)
+    partly_frozen.bias.requires_grad_(False)
+    assert _hand_step(partly_frozen, opt) is None
+    assert _hand_step(nn.Sequential(nn.Linear(4, 3)), opt) is None
+    merged = _layer()
+    merged.merge()
+    assert _hand_step(merged, opt) is None
+
+
+def test_a_lora_layer_with_a_trainable_base_is_not_cached():
+    X, y = _task()
+    layer = _layer(r=1)
+    layer.base.requires_grad_(True)
+    before = layer.base.weight.detach().clone()
+    history = lc.train(layer, X, y, seed=0, **SCHEDULE)
+    assert not history.settings["cache_frozen"]
+    assert not torch.equal(layer.base.weight, before)  # the base trained too, as asked
+
+
+def test_train_many_equals_each_config_in_the_plain_loop():
+    X, y = _task()
+    torch.manual_seed(0)
+    base = nn.Linear(17, 13, bias=False)
+    configs = lc.config_grid(r=[1, 4], lora_alpha=[2.0], scaling=["standard", "learnable"]) + [{"r": 2, "lora_alpha": 8.0}]
+    runs = lc.train_many(base, X, y, configs, seed=7, optimizer="adamw", sampling="shuffle", **SCHEDULE)
+    for run in runs:
+        lc.seed_everything(7)
+        alone = lc.LoRALinear(base, **run.config)
+        history = lc.train(alone, X, y, seed=7, optimizer="adamw", sampling="shuffle", cache_frozen=False, **SCHEDULE)
+        _frames_close(run.history, history)
+        assert torch.allclose(run.layer.delta_weight(), alone.delta_weight(), rtol=1e-4, atol=1e-5)
+
+
+def test_full_data_mse_is_accumulated_exactly():
+    torch.manual_seed(0)
+    X, target = torch.randn(9000, 5), torch.randn(9000, 7) * 1e-3 + 5.0
+    W = torch.randn(5, 7)
+    expected = ((X.double() @ W.double() - target.double()) ** 2).mean().item()
+    assert full_mse(lambda x: x @ W, X, target) == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(17,), (5, 17), (2, 5, 17)])
+def test_fused_forward_equals_base_plus_update(shape):
+    layer = _layer()
+    x = torch.randn(*shape, requires_grad=True)
+    out = layer(x)
+    ref = layer.base(x) + (x @ layer.A * layer.scale) @ layer.B
+    assert out.shape == ref.shape == (*shape[:-1], 13)
+    assert torch.allclose(out, ref, atol=1e-5)
+    grads = torch.autograd.grad(out.square().sum(), (x, layer.A, layer.B))
+    expected = torch.autograd.grad(ref.square().sum(), (x, layer.A, layer.B))
+    for g, e in zip(grads, expected):
+        assert torch.allclose(g, e, rtol=1e-4, atol=1e-4)
