@@ -1,5 +1,6 @@
-"""Shared fixtures: a small seeded version of the blog's task, trained in about a second."""
+"""Shared fixtures (a small seeded version of the blog's task) and notebook-output readers."""
 
+import nbformat
 import pytest
 import torch
 
@@ -28,3 +29,22 @@ def base(small_task):
     copy = torch.nn.Linear(SMALL["d_in"], SMALL["d_out"], bias=False)
     copy.load_state_dict(small_task["base"].state_dict())
     return copy
+
+
+# ---------------------------------------------------------------------------------------
+# Reading an executed notebook
+
+def image_outputs(executed):
+    notebook = nbformat.read(executed, as_version=4)
+    return [
+        output for cell in notebook.cells if cell.cell_type == "code"
+        for output in cell.outputs if "image/png" in output.get("data", {})
+    ]
+
+
+def printed_text(executed):
+    notebook = nbformat.read(executed, as_version=4)
+    return "".join(
+        output.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
+        for output in cell.outputs
+    )

@@ -16,6 +16,7 @@ import torch
 import lora_core as lc
 from lora_core.execute import NotebookRunError, execute_notebook
 from lora_core.regression import check_metrics
+from conftest import image_outputs, printed_text
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "01_rank1_recovery.ipynb"
@@ -43,21 +44,6 @@ def small_run(fresh_cache, tmp_path_factory):
 def without_timings(metrics):
     return {name: value for name, value in metrics.items() if not name.endswith("_seconds")}
 
-
-def image_outputs(executed):
-    notebook = nbformat.read(executed, as_version=4)
-    return [
-        output for cell in notebook.cells if cell.cell_type == "code"
-        for output in cell.outputs if "image/png" in output.get("data", {})
-    ]
-
-
-def printed_text(executed):
-    notebook = nbformat.read(executed, as_version=4)
-    return "".join(
-        output.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
-        for output in cell.outputs
-    )
 
 
 def validation_cell_index():

@@ -9,16 +9,15 @@ a cache folder of their own (``LORA_CORE_CACHE``) and one thread: at this size o
 is faster than two, and a fixed count keeps the numbers those of the baselines.
 """
 
-import os
 import shutil
 from pathlib import Path
 
 import nbformat
-import pandas as pd
 import pytest
 
 import lora_core as lc
 from lora_core.regression import check_metrics
+from conftest import image_outputs, printed_text
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
@@ -90,21 +89,6 @@ def small_report(small_sweep, tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
     return out, run("04_sweep_report", out, sweep_dir=str(small_sweep), compare_with=str(in_notebook))
 
-
-def image_outputs(executed):
-    notebook = nbformat.read(executed, as_version=4)
-    return [
-        output for cell in notebook.cells if cell.cell_type == "code"
-        for output in cell.outputs if "image/png" in output.get("data", {})
-    ]
-
-
-def printed_text(executed):
-    notebook = nbformat.read(executed, as_version=4)
-    return "".join(
-        output.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
-        for output in cell.outputs
-    )
 
 
 def assert_figures_inline_and_saved(stem, out):
