@@ -348,9 +348,10 @@ def part_notebook(res: Results, sc: Scale) -> None:
     times = interleaved(variants, sc.rounds, verbose=True)
     res.timings["notebook"] = times
     ours, theirs = curves["lora_core"], curves["seed-style"]
-    # Same data, initial weights and minibatches; Adam's rounding differs over 2 × 7800 steps.
-    res.check("notebook: pre-training eval losses, lora_core vs seed-style", curve_diff(ours[0], theirs[0]), 1e-2)
-    res.check("notebook: LoRA eval losses, lora_core vs seed-style", curve_diff(ours[1], theirs[1]), 1e-2)
+    # Same data, initial weights and minibatches; only float rounding differs (fused vs
+    # plain Adam, hand-written vs autograd gradients), over 2 × 7800 steps at seed scale.
+    res.check("notebook: pre-training eval losses, lora_core vs seed-style", curve_diff(ours[0], theirs[0]), 1e-4)
+    res.check("notebook: LoRA eval losses, lora_core vs seed-style", curve_diff(ours[1], theirs[1]), 1e-4)
     res.ratio("notebook", "notebook 01 training, cold cache / seed-style script", times["lora_core, cold cache"],
               times["seed-style script"], goal=0.35)
     res.ratio("notebook", "notebook 01 training, warm cache / seed-style script", times["lora_core, warm cache"],
@@ -402,7 +403,7 @@ def part_sweep(res: Results, sc: Scale) -> None:
         key = tuple(cfg.values())
         alone, joint = histories[key].eval_losses.to_dict(), histories["many"][key].eval_losses.to_dict()
         res.check(f"sweep: train_many vs train(), r={cfg['r']}, α={cfg['lora_alpha']:g}, eval losses",
-                  curve_diff(joint, alone), 1e-3)
+                  curve_diff(joint, alone), 1e-4)
     diverged = [k for k, h in histories["many"].items() if h.diverged]
     if diverged:
         res.notes.append(f"sweep: configs that diverged (still computed every step): {diverged}")

@@ -168,8 +168,8 @@ def make_optimizer(name: str, params: list[torch.Tensor], lr: float) -> torch.op
         return torch.optim.SGD(params, lr=lr)
     cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
     # The fused kernel updates every tensor in one pass. On a 2-core CPU it beats foreach
-    # for the 1M-element base weight (about 4x less time per Adam update) and for tiny
-    # LoRA factors alike (launch overhead: about 2x). It exists for CPU and CUDA only.
+    # for the 1M-element base weight (0.66 vs 2.4 ms per Adam update) and for a rank-1
+    # adapter's tiny factors alike (0.11 vs 0.20 ms). It exists for CPU and CUDA only.
     fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
     return cls(params, lr=lr, fused=fused) if fused else cls(params, lr=lr, foreach=True)
 

@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import lora_core as lc
-from lora_core.multi import _RankGroup
+from lora_core.multi import _RankGroup, _full_losses
 from lora_core.training import _hand_step, _linear_step, _lora_step, full_mse
 
 SCHEDULE = dict(epochs=6, batch_size=32, lr=1e-2, eval_every=3, progress=False)
@@ -193,3 +193,32 @@ def test_fused_forward_equals_base_plus_update(shape):
     expected = torch.autograd.grad(ref.square().sum(), (x, layer.A, layer.B))
     for g, e in zip(grads, expected):
         assert torch.allclose(g, e, rtol=1e-4, atol=1e-4)
+
+
+def test_train_many_evaluation_survives_the_cancellation_of_a_good_fit():
+    # Configs that fit a rank-1 target to a few 1e-6 of its energy: the expanded full-data MSE
+    # must still match the float64 loss of the same (float32) factors.
+    torch.manual_seed(0)
+    X = torch.randn(3000, 31)
+    target = X @ torch.ones(31, 29) + 0.01 * torch.randn(3000, 29)
+    base = nn.Linear(31, 29, bias=False)
+    layers = [lc.LoRALinear(base, r=r, lora_alpha=a, scaling=sc)
+              for r in (1, 3) for a in (1.0, 5.0) for sc in ("standard", "learnable")]
+    for layer in layers:
+        with torch.no_grad():
+            layer.A.zero_()
+            layer.A[:, 0] = 1 + 1e-4 * torch.randn(31)
+            layer.B.copy_(1e-5 * torch.randn_like(layer.B))
+            layer.B[0] += 1 / layer.scale
+    groups, start = [], 0
+    for r in (1, 3):
+        members = [i for i, layer in enumerate(layers) if layer.r == r]
+        groups.append(_RankGroup(r, members, layers, slice(start, start + r * len(members))))
+        start += r * len(members)
+    A = torch.cat([layers[i].A.detach() for g in groups for i in g.members], dim=1)
+    got = _full_losses(groups, A, X, target, len(layers))
+    for k, layer in enumerate(layers):
+        h = (X @ layer.A.detach()).double()  # float32 x·A, as both computations form it
+        expected = ((h * layer.scale.double() @ layer.B.double() - target.double()) ** 2).mean().item()
+        assert expected < 1e-5 * target.square().mean().item()
+        assert got[k] == pytest.approx(expected, rel=1e-6)
