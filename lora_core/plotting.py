@@ -207,14 +207,22 @@ def plot_delta_heatmap(
 def plot_singular_values(
     deltas: Mapping[str, Any], top: int | None = None, logy: bool = True
 ) -> Figure:
-    """Singular values of each ΔΘ, largest first: a rank-k update shows k values, then a cliff."""
+    """Singular values of each ΔΘ, largest first: a rank-k update shows k values, then a cliff.
+
+    A ΔΘ with non-finite entries (a diverged run) has no singular values; it keeps its
+    colour and legend entry, marked "not finite", so the figure still shows every run.
+    """
     _mapping("deltas", deltas)
     if top is not None:
         top = check_int("top", top, 1)
     fig = _new_figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.add_subplot()
     for label, delta in deltas.items():
-        values = np.linalg.svd(_array(f"deltas[{label!r}]", delta, 2), compute_uv=False)[:top]
+        matrix = _array(f"deltas[{label!r}]", delta, 2)
+        if not np.isfinite(matrix).all():
+            ax.plot([], [], marker="x", linestyle="none", label=f"{label}: not finite (diverged)")
+            continue
+        values = np.linalg.svd(matrix, compute_uv=False)[:top]
         k = np.arange(1, len(values) + 1)
         ax.plot(k, values, marker="o", markersize=3 if len(values) > 30 else 5, label=str(label))
     if logy:

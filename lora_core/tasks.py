@@ -15,7 +15,8 @@ SHIFT_KINDS = ("ones", "lowrank")
 
 
 def _generator(seed) -> torch.Generator:
-    return torch.Generator().manual_seed(check_int("seed", seed, 0))
+    # The range seed_everything accepts (NumPy's), so one seed value works for both.
+    return torch.Generator().manual_seed(check_int("seed", seed, 0, 2**32 - 1))
 
 
 def make_regression(

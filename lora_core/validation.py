@@ -45,6 +45,13 @@ def check_float(
     return float(value)
 
 
+def check_bool(name: str, value: Any) -> bool:
+    """True or False itself: 1, 0 and "yes" are refused, so a typo cannot read as a switch."""
+    if not isinstance(value, bool):
+        _fail(name, value, "True or False")
+    return value
+
+
 def check_choice(name: str, value: Any, choices: Iterable[Any]) -> Any:
     """One of a fixed set of values."""
     choices = list(choices)

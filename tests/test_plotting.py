@@ -100,6 +100,16 @@ def test_singular_values_of_a_rank_one_delta_drop_after_the_first():
     assert "log scale" in ax.get_ylabel()
 
 
+def test_singular_values_mark_a_diverged_delta_instead_of_failing():
+    diverged = rank_one()
+    diverged[0, 0] = float("nan")
+    fig = plotting.plot_singular_values({"r=1": rank_one(), "r=4": diverged})
+    (ax,) = fig.axes
+    healthy, marked = ax.get_lines()
+    assert len(healthy.get_ydata()) == 10 and len(marked.get_ydata()) == 0
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["r=1", "r=4: not finite (diverged)"]
+
+
 def test_delta_grid_shares_one_symmetric_colourbar_or_gives_each_its_own():
     deltas = {f"r={r}": torch.randn(6, r) @ torch.randn(r, 5) for r in (1, 2, 4, 8, 16)}
     shared = plotting.plot_delta_grid(deltas, ncols=3)

@@ -67,6 +67,7 @@ def test_low_rank_error_is_the_truncated_svd_error():
         (lambda: make_regression(0, 3, 3), "n"),
         (lambda: make_regression(5, -1, 3), "d_in"),
         (lambda: make_regression(5, 3, 3, seed=-1), "seed"),
+        (lambda: make_regression(5, 3, 3, seed=2**32), "seed"),
         (lambda: shift_theta(torch.ones(3, 3), kind="diag"), "kind"),
         (lambda: shift_theta(torch.ones(3, 3), kind="lowrank", rank=4), "rank"),
         (lambda: shift_theta(torch.ones(3, 3), kind="ones", rank=2), "rank"),
