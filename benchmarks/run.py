@@ -53,7 +53,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import lora_core as lc
-from lora_core.multi import _RankGroup
+from lora_core.multi import _Stack
 from lora_core.reports import environment_info
 from lora_core.training import _autograd_step, _lora_step, make_optimizer
 
@@ -196,11 +196,11 @@ def step_gradients(base, A, B, alpha, x, y) -> dict[str, tuple]:
     fast = _lora_core_layer(base, A, B, alpha)
     loss = _lora_step(fast, _NoStep())(x, residual)
     out["lora_core fast path"] = (loss, fast.A.grad, fast.B.grad)
-    group = _RankGroup(A.shape[1], [0], [_lora_core_layer(base, A, B, alpha)], slice(0, A.shape[1]))
-    H = x @ A
+    stack = _Stack([_lora_core_layer(base, A, B, alpha)])
+    H = x @ stack.A
     dH = torch.empty_like(H)
-    loss = group.set_grads(H, residual, dH)
-    out["lora_core train_many step"] = (loss[0], x.T @ dH, group.B.grad[0])
+    loss = stack.set_grads(H, residual, dH)
+    out["lora_core train_many step"] = (loss[0], x.T @ dH, stack.B.grad)
     seed = _seed_layer(base, A, B, alpha)
     out["seed-style"] = _autograd_grads(seed, x, y, lambda: seed.A.grad, lambda: seed.B.grad)
     ll = peers.loralib_layer(base, A, B, alpha)

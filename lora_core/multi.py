@@ -3,12 +3,12 @@
 A sweep over r, lora_alpha and scaling trains many adapters on the same frozen layer and
 the same data. Trained one by one, each repeats the same minibatch gathers and pays the
 per-step overhead again. Here every config sees the same minibatch sequence in one
-batched step: configs of equal rank are stacked and multiplied with one ``bmm``, each
-config's gradient is written by hand from its own loss alone (the formulas of ``train``'s
-fast path, without autograd's per-step graph) and Adam, being elementwise, updates each
-config as if it were alone. Each config's
-History therefore equals training it alone with ``train`` and the same seed, up to float
-rounding.
+batched step: all configs share one x·A product (their A side by side), configs of equal
+rank are stacked and multiplied with one ``bmm``, each config's gradient is written by
+hand from its own loss alone (``_Stack.set_grads``: the formulas of ``train``'s fast
+path, rearranged so that no config's (batch, d_out) residual is ever formed) and Adam,
+being elementwise, updates each config as if it were alone. Each config's History
+therefore equals training it alone with ``train`` and the same seed, up to float rounding.
 """
 
 from __future__ import annotations
@@ -56,63 +56,124 @@ def config_grid(**axes) -> list[dict]:
     return [dict(zip(names, values)) for values in itertools.product(*axes.values())]
 
 
-class _RankGroup:
-    """The configs that share one rank r: their B stacked (K, r, d_out), their scales,
-    and where their columns of the shared A (d_in, Σr) lie."""
+class _Stack:
+    """Every config's adapter side by side, as one wide LoRA.
 
-    def __init__(self, r: int, members: list[int], layers: list[LoRALinear], cols: slice):
-        self.r, self.members, self.cols = r, members, cols
-        group = [layers[i] for i in members]
-        self.B = nn.Parameter(torch.stack([lay.B.detach() for lay in group]))
-        self.learnable = torch.tensor([lay.scaling == "learnable" for lay in group], device=self.B.device)
-        self.fixed_scale = torch.stack([lay.scale.detach() for lay in group])
+    Config k owns columns ``cols[k]`` of A (d_in, Σr) and the same rows of B (Σr, d_out);
+    configs of equal rank lie next to each other (a rank group), so the r × r blocks that
+    belong to one config are one ``bmm`` per group. ``owner`` maps each of the Σr columns
+    to its config, which turns per-column sums into per-config ones.
+
+    With h = x·A_k (b, r), target t, diff = s·h·B − t and c = 2/(b·d_out), each config's
+    MSE and gradients follow from P = hᵀt (r, d_out) and Q = hᵀh (r, r) alone:
+
+        G = s·Q·B − P  (= hᵀ·diff)     dB = c·s·G     ds = c·⟨G, B⟩
+        dH = c·s·(s·h·B·Bᵀ − t·Bᵀ)     ‖diff‖² = ‖t‖² + s·⟨G − P, B⟩
+
+    so no config's (b, d_out) residual is ever formed: a step costs four thin matmuls
+    (x·A, Hᵀt, t·Bᵀ, xᵀ·dH) however many configs there are, and a handful of small ops
+    per rank group. The loss's terms nearly cancel once a config fits (‖t‖² ≈ 1e3 per
+    entry against a loss of 1e-3), so P, Q and G are formed in float64; the gradients
+    keep the precision of the direct float32 form.
+    """
+
+    def __init__(self, layers: list[LoRALinear]):
+        self.count = len(layers)
+        order = sorted(range(self.count), key=lambda i: layers[i].r)  # stable: grouped by rank
+        self.groups, self.cols, start = [], [None] * self.count, 0
+        for r in sorted({layer.r for layer in layers}):
+            members = [i for i in order if layers[i].r == r]
+            self.groups.append((r, len(members), slice(start, start + r * len(members))))
+            for i in members:
+                self.cols[i] = slice(start, start + r)
+                start += r
+        dev = layers[0].A.device
+        self.owner = torch.tensor([i for i in order for _ in range(layers[i].r)], device=dev)
+        self.A = nn.Parameter(torch.cat([layers[i].A.detach() for i in order], dim=1))
+        self.B = nn.Parameter(torch.cat([layers[i].B.detach() for i in order], dim=0))
+        self.learnable = torch.tensor([layer.scaling == "learnable" for layer in layers], device=dev)
+        self.fixed_scale = torch.stack([layer.scale.detach() for layer in layers])
         self.scale = nn.Parameter(self.fixed_scale.clone()) if self.learnable.any() else None
 
     def parameters(self) -> list[nn.Parameter]:
-        return [self.B] + ([self.scale] if self.scale is not None else [])
+        return [self.A, self.B] + ([self.scale] if self.scale is not None else [])
 
     def scales(self) -> torch.Tensor:
-        """Every config's scale, shape (K, 1, 1)."""
+        """Every config's scale, shape (count,)."""
         if self.scale is None:
-            return self.fixed_scale.view(-1, 1, 1)
+            return self.fixed_scale
         # Only learnable configs take their scale from the trained parameter.
-        return torch.where(self.learnable, self.scale, self.fixed_scale).view(-1, 1, 1)
+        return torch.where(self.learnable, self.scale, self.fixed_scale)
 
-    def hidden(self, H: torch.Tensor) -> torch.Tensor:
-        """This group's columns of H = x·A (rows, Σr), as (K, rows, r), unscaled."""
-        return H[:, self.cols].view(H.shape[0], len(self.members), self.r).transpose(0, 1)
+    def _per_config(self, per_column: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(self.count, dtype=per_column.dtype, device=per_column.device).index_add_(
+            0, self.owner, per_column
+        )
 
-    def residual(self, H: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Every config's update minus the target t, for the rows of H = x·A: (K, rows, d_out)."""
-        return torch.baddbmm(t, self.hidden(H) * self.scales(), self.B, beta=-1)
+    def _blocks(self, M: torch.Tensor, cols: slice, K: int, r: int) -> torch.Tensor:
+        """The K diagonal r × r blocks of M's (cols, cols) square, as (K, r, r)."""
+        return M[cols, cols].view(K, r, K, r).diagonal(dim1=0, dim2=2).permute(2, 0, 1)
+
+    def _expand(self, P: torch.Tensor, HtH: torch.Tensor, s64: torch.Tensor):
+        """G = s·Q·B − P (Σr, d_out), each config's ⟨G, B⟩, and its ‖diff‖² − ‖t‖²; float64."""
+        B64 = self.B.double()
+        G = torch.empty_like(P)
+        for r, K, cols in self.groups:
+            torch.bmm(self._blocks(HtH, cols, K, r), B64[cols].view(K, r, -1), out=G[cols].view(K, r, -1))
+        G.mul_(s64[self.owner].unsqueeze(1)).sub_(P)
+        GB = self._per_config((G * B64).sum(dim=1))
+        PB = self._per_config((P * B64).sum(dim=1))
+        return G, GB, s64 * (GB - PB)
 
     @torch.no_grad()
-    def set_grads(self, H: torch.Tensor, t: torch.Tensor, gH: torch.Tensor) -> torch.Tensor:
-        """Write dB (and ds) and this group's columns of dloss/dH into gH; return the (K,) MSEs.
-
-        The formulas of ``training._lora_step``, batched over the group: each config's
-        gradient is that of its own loss alone. The (K, b, d_out) residual is the one
-        large tensor of the step, so it is written once and read three times (dB, dH,
-        loss); the 2/numel factor goes onto the small products instead.
-        """
-        h, s = self.hidden(H), self.scales()  # (K, b, r), (K, 1, 1)
-        diff = torch.baddbmm(t, h * s, self.B, beta=-1)  # h·s·B − t, (K, b, d_out)
-        c = 2.0 / diff[0].numel()
-        hg = torch.bmm(h.transpose(1, 2), diff).mul_(c)  # hᵀg, (K, r, d_out)
-        self.hidden(gH).copy_(torch.bmm(diff, self.B.transpose(1, 2)).mul_(s * c))  # g·Bᵀ·s
-        self.B.grad = hg * s
+    def set_grads(
+        self, H: torch.Tensor, t: torch.Tensor, gH: torch.Tensor, t64: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Write dB (and ds) into the parameters and dloss/dH (b, Σr) into gH; return each
+        config's minibatch MSE (count,), float64. ``t64`` is t in float64, when the
+        caller has it already."""
+        t64 = t.double() if t64 is None else t64
+        c = 2.0 / t.numel()
+        s = self.scales()
+        s64 = s.double()
+        H64 = H.double()
+        G, GB, extra = self._expand(H64.T @ t64, H64.T @ H64, s64)
         if self.scale is not None:
-            self.scale.grad = torch.where(self.learnable, (hg * self.B).sum(dim=(1, 2)), 0.0)
-        return torch.linalg.vector_norm(diff, dim=(1, 2)).square_().div_(diff[0].numel())
+            self.scale.grad = torch.where(self.learnable, GB.mul_(c).float(), 0.0)
+        self.B.grad = G.mul_(c * s64[self.owner].unsqueeze(1)).float()
+        s_col = s[self.owner]  # (Σr,)
+        hBBt = torch.empty_like(H)
+        for r, K, cols in self.groups:
+            Bg = self.B[cols].view(K, r, -1)
+            hg = torch.bmm(H[:, cols].view(-1, K, r).transpose(0, 1), torch.bmm(Bg, Bg.transpose(1, 2)))
+            hBBt[:, cols].view(-1, K, r).transpose(0, 1).copy_(hg)
+        # c·s·(s·h·B·Bᵀ − t·Bᵀ), the product with t as one matmul for every config
+        torch.addmm(hBBt.mul_(s_col), t, self.B.T, alpha=-1, out=gH).mul_(c * s_col)
+        return extra.add_(torch.dot(t64.view(-1), t64.view(-1))).div_(t.numel())
 
-    def copy_into(self, layers: list[LoRALinear], A: torch.Tensor) -> None:
+    @torch.no_grad()
+    def full_losses(self, X: torch.Tensor, target: torch.Tensor) -> np.ndarray:
+        """Full-data MSE of every config, from HᵀR and HᵀH accumulated over row chunks."""
+        f64 = dict(dtype=torch.float64, device=X.device)
+        HtR = torch.zeros(self.A.shape[1], target.shape[1], **f64)
+        HtH = torch.zeros(self.A.shape[1], self.A.shape[1], **f64)
+        RtR = torch.zeros((), **f64)
+        for start in range(0, X.shape[0], EVAL_CHUNK):
+            H = (X[start : start + EVAL_CHUNK] @ self.A).double()
+            R = target[start : start + EVAL_CHUNK].double()
+            HtR += H.T @ R
+            HtH += H.T @ H
+            RtR += R.square().sum()
+        extra = self._expand(HtR, HtH, self.scales().double())[2]
+        return ((extra + RtR) / target.numel()).cpu().numpy()
+
+    def copy_into(self, layers: list[LoRALinear]) -> None:
         with torch.no_grad():
-            cols = A[:, self.cols]
-            for k, i in enumerate(self.members):
-                layers[i].A.copy_(cols[:, k * self.r : (k + 1) * self.r])
-                layers[i].B.copy_(self.B[k])
-                if self.scale is not None and self.learnable[k]:
-                    layers[i].scale.copy_(self.scale[k])
+            for i, layer in enumerate(layers):
+                layer.A.copy_(self.A[:, self.cols[i]])
+                layer.B.copy_(self.B[self.cols[i]])
+                if self.scale is not None and self.learnable[i]:
+                    layer.scale.copy_(self.scale[i])
 
 
 def _check_configs(configs, base: nn.Linear) -> list[dict]:
@@ -176,16 +237,8 @@ def train_many(
     with torch.no_grad():
         # As in `train`'s fast path: the frozen base's output is computed once.
         target = y - torch.cat([base(X[i : i + EVAL_CHUNK]) for i in range(0, len(X), EVAL_CHUNK)])
-    groups, start = [], 0
-    for r in sorted({layer.r for layer in layers}):
-        members = [i for i, layer in enumerate(layers) if layer.r == r]
-        groups.append(_RankGroup(r, members, layers, slice(start, start + r * len(members))))
-        start += r * len(members)
-    # One A (d_in, Σr) for every config, so x·A and dA = xᵀ·dH are one matmul per step.
-    A = nn.Parameter(torch.cat([layers[i].A.detach() for g in groups for i in g.members], dim=1))
-    opt = make_optimizer(
-        settings["optimizer"], [A] + [p for g in groups for p in g.parameters()], settings["lr"]
-    )
+    stack = _Stack(layers)
+    opt = make_optimizer(settings["optimizer"], stack.parameters(), settings["lr"])
     recorders = [
         _Recorder({**settings, **cfg, "seed": seed, "device": str(dev), "joint": len(configs)})
         for cfg in configs
@@ -195,19 +248,18 @@ def train_many(
     running = np.ones(len(configs), dtype=bool)
     for epoch in tqdm(range(1, settings["epochs"] + 1), desc="epochs", disable=not progress, leave=False):
         idx = batch_indices(n, steps, settings["batch_size"], settings["sampling"], gen).to(dev)
-        epoch_losses = [torch.zeros(len(g.members), device=dev) for g in groups]
+        epoch_losses = torch.zeros(len(configs), dtype=torch.float64, device=dev)
         for rows in idx:
             x, t = X.index_select(0, rows), target.index_select(0, rows)
             with torch.no_grad():
-                H = x @ A  # (b, Σr)
+                H = x @ stack.A  # (b, Σr): one product for every config
                 gH = torch.empty_like(H)
-                for g, acc in zip(groups, epoch_losses):
-                    acc += g.set_grads(H, t, gH)
-                A.grad = x.T @ gH
+                epoch_losses += stack.set_grads(H, t, gH)
+                stack.A.grad = x.T @ gH
             opt.step()
-        train_losses = _per_config(groups, epoch_losses, len(configs)) / steps
+        train_losses = epoch_losses.cpu().numpy() / steps
         evaluate = epoch % settings["eval_every"] == 0 or epoch == settings["epochs"]
-        eval_losses = _full_losses(groups, A, X, target, len(configs)) if evaluate else None
+        eval_losses = stack.full_losses(X, target) if evaluate else None
         for i in np.flatnonzero(running):
             ev = None if eval_losses is None or not np.isfinite(train_losses[i]) else eval_losses[i]
             recorders[i].add(epoch, float(train_losses[i]), ev)
@@ -215,45 +267,5 @@ def train_many(
         if not running.any():
             break
 
-    for g in groups:
-        g.copy_into(layers, A)
+    stack.copy_into(layers)
     return [AdapterRun(cfg, layer, rec.history()) for cfg, layer, rec in zip(configs, layers, recorders)]
-
-
-def _per_config(groups: list[_RankGroup], values: list[torch.Tensor], count: int) -> np.ndarray:
-    out = np.empty(count)
-    for g, v in zip(groups, values):
-        out[g.members] = v.double().cpu().numpy()
-    return out
-
-
-def _full_losses(groups: list[_RankGroup], A: torch.Tensor, X: torch.Tensor, target: torch.Tensor, count: int) -> np.ndarray:
-    """Full-data MSE of every config, without forming any (K, n, d_out) prediction.
-
-    With h = X·A_k (n, r) and residual target R, each config's squared error expands to
-    ‖R‖² − 2s·⟨B, hᵀR⟩ + s²·⟨hᵀh, B·Bᵀ⟩: the data enter only through HᵀR (Σr, d_out)
-    and HᵀH (Σr, Σr) for the shared H = X·A, accumulated over row chunks. The terms nearly
-    cancel once a config fits well, so they are formed in float64, where the cancellation
-    still leaves about 8 significant digits (more than the float32 residual of the
-    direct computation carries).
-    """
-    f64 = dict(dtype=torch.float64, device=X.device)
-    HtR = torch.zeros(A.shape[1], target.shape[1], **f64)
-    HtH = torch.zeros(A.shape[1], A.shape[1], **f64)
-    RtR = torch.zeros((), **f64)
-    with torch.inference_mode():
-        for start in range(0, X.shape[0], EVAL_CHUNK):
-            H = (X[start : start + EVAL_CHUNK] @ A).double()
-            R = target[start : start + EVAL_CHUNK].double()
-            HtR += H.T @ R
-            HtH += H.T @ H
-            RtR += R.square().sum()
-        totals = []
-        for g in groups:
-            K, r = len(g.members), g.r
-            hR = HtR[g.cols].view(K, r, -1)
-            hh = HtH[g.cols, g.cols].view(K, r, K, r).diagonal(dim1=0, dim2=2).permute(2, 0, 1)  # (K, r, r)
-            B, s = g.B.double(), g.scales().double().view(K)
-            BBt = torch.bmm(B, B.transpose(1, 2))
-            totals.append(RtR - 2 * s * (B * hR).sum(dim=(1, 2)) + s**2 * (hh * BBt).sum(dim=(1, 2)))
-    return _per_config(groups, [t / target.numel() for t in totals], count)

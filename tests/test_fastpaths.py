@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import lora_core as lc
-from lora_core.multi import _RankGroup, _full_losses
+from lora_core.multi import _Stack
 from lora_core.training import _hand_step, _linear_step, _lora_step, full_mse
 
 SCHEDULE = dict(epochs=6, batch_size=32, lr=1e-2, eval_every=3, progress=False)
@@ -73,28 +73,30 @@ def test_hand_written_linear_gradients_equal_autograd(bias):
         assert torch.allclose(g, e, rtol=1e-5, atol=1e-6)
 
 
-def test_rank_group_gradients_equal_autograd_per_config():
-    layers = [_layer(r=2, seed=s, scaling=sc) for s, sc in enumerate(["standard", "rslora", "learnable"])]
+def test_stacked_gradients_equal_autograd_per_config():
+    settings = [(2, "standard"), (1, "learnable"), (2, "rslora"), (3, "standard"), (2, "learnable"), (1, "standard")]
+    layers = [_layer(r=r, seed=s, scaling=sc) for s, (r, sc) in enumerate(settings)]
     for layer in layers[1:]:
         layer.base = layers[0].base
     x, y = torch.randn(32, 17), torch.randn(32, 13)
     with torch.no_grad():
         residual = y - layers[0].base(x)
-    group = _RankGroup(2, [0, 1, 2], layers, slice(0, 6))
-    A = torch.cat([layer.A.detach() for layer in layers], dim=1)
-    H, dH = x @ A, torch.empty(32, 6)
-    losses = group.set_grads(H, residual, dH)
+    stack = _Stack(layers)
+    H = x @ stack.A
+    dH = torch.empty_like(H)
+    losses = stack.set_grads(H, residual, dH)
     dA = x.T @ dH
     for k, layer in enumerate(layers):
         loss = F.mse_loss(layer(x), y)
         loss.backward()
-        assert torch.allclose(losses[k], loss.detach(), rtol=1e-5)
-        assert torch.allclose(dA[:, 2 * k : 2 * k + 2], layer.A.grad, rtol=1e-4, atol=1e-6)
-        assert torch.allclose(group.B.grad[k], layer.B.grad, rtol=1e-4, atol=1e-6)
+        cols = stack.cols[k]
+        assert losses[k].item() == pytest.approx(loss.item(), rel=1e-5)
+        assert torch.allclose(dA[:, cols], layer.A.grad, rtol=1e-4, atol=1e-6)
+        assert torch.allclose(stack.B.grad[cols], layer.B.grad, rtol=1e-4, atol=1e-6)
         if layer.scaling == "learnable":
-            assert torch.allclose(group.scale.grad[k], layer.scale.grad, rtol=1e-4)
-        elif group.scale is not None:
-            assert group.scale.grad[k] == 0  # a fixed scale is never moved
+            assert torch.allclose(stack.scale.grad[k], layer.scale.grad, rtol=1e-4)
+        else:
+            assert stack.scale.grad[k] == 0  # a fixed scale is never moved
 
 
 def _frames_close(a, b, rtol=1e-4):
@@ -195,30 +197,32 @@ def test_fused_forward_equals_base_plus_update(shape):
         assert torch.allclose(g, e, rtol=1e-4, atol=1e-4)
 
 
-def test_train_many_evaluation_survives_the_cancellation_of_a_good_fit():
+def test_train_many_losses_survive_the_cancellation_of_a_good_fit():
     # Configs that fit a rank-1 target to a few 1e-6 of its energy: the expanded full-data MSE
     # must still match the float64 loss of the same (float32) factors.
     torch.manual_seed(0)
     X = torch.randn(3000, 31)
     target = X @ torch.ones(31, 29) + 0.01 * torch.randn(3000, 29)
     base = nn.Linear(31, 29, bias=False)
+    # Ranks interleaved, so the stack's grouping by rank reorders the configs.
     layers = [lc.LoRALinear(base, r=r, lora_alpha=a, scaling=sc)
-              for r in (1, 3) for a in (1.0, 5.0) for sc in ("standard", "learnable")]
+              for a in (1.0, 5.0) for sc in ("standard", "learnable") for r in (3, 1)]
     for layer in layers:
         with torch.no_grad():
             layer.A.zero_()
             layer.A[:, 0] = 1 + 1e-4 * torch.randn(31)
             layer.B.copy_(1e-5 * torch.randn_like(layer.B))
             layer.B[0] += 1 / layer.scale
-    groups, start = [], 0
-    for r in (1, 3):
-        members = [i for i, layer in enumerate(layers) if layer.r == r]
-        groups.append(_RankGroup(r, members, layers, slice(start, start + r * len(members))))
-        start += r * len(members)
-    A = torch.cat([layers[i].A.detach() for g in groups for i in g.members], dim=1)
-    got = _full_losses(groups, A, X, target, len(layers))
+    stack = _Stack(layers)
+    got = stack.full_losses(X, target)
+    x, t = X[:128], target[:128]  # one minibatch: the step's loss expands the same way
+    H, dH = x @ stack.A, torch.empty(128, stack.A.shape[1])
+    step = stack.set_grads(H, t, dH).numpy()
     for k, layer in enumerate(layers):
         h = (X @ layer.A.detach()).double()  # float32 x·A, as both computations form it
         expected = ((h * layer.scale.double() @ layer.B.double() - target.double()) ** 2).mean().item()
         assert expected < 1e-5 * target.square().mean().item()
         assert got[k] == pytest.approx(expected, rel=1e-6)
+        h = H[:, stack.cols[k]].double()  # the step's own float32 x·A
+        exact = ((h * layer.scale.double() @ layer.B.double() - t.double()) ** 2).mean().item()
+        assert step[k] == pytest.approx(exact, rel=1e-8)
