@@ -126,21 +126,18 @@ class _Stack:
         return G, GB, s64 * (GB - PB)
 
     @torch.no_grad()
-    def set_grads(
-        self, H: torch.Tensor, t: torch.Tensor, gH: torch.Tensor, t64: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def set_grads(self, H: torch.Tensor, t: torch.Tensor, gH: torch.Tensor) -> torch.Tensor:
         """Write dB (and ds) into the parameters and dloss/dH (b, Σr) into gH; return each
-        config's minibatch MSE (count,), float64. ``t64`` is t in float64, when the
-        caller has it already."""
-        t64 = t.double() if t64 is None else t64
+        config's minibatch MSE (count,), in float64."""
+        t64 = t.double()
         c = 2.0 / t.numel()
         s = self.scales()
         s64 = s.double()
         H64 = H.double()
         G, GB, extra = self._expand(H64.T @ t64, H64.T @ H64, s64)
         if self.scale is not None:
-            self.scale.grad = torch.where(self.learnable, GB.mul_(c).float(), 0.0)
-        self.B.grad = G.mul_(c * s64[self.owner].unsqueeze(1)).float()
+            self.scale.grad = torch.where(self.learnable, GB.mul_(c), 0.0).to(self.scale.dtype)
+        self.B.grad = G.mul_(c * s64[self.owner].unsqueeze(1)).to(self.B.dtype)
         s_col = s[self.owner]  # (Σr,)
         hBBt = torch.empty_like(H)
         for r, K, cols in self.groups:

@@ -30,6 +30,19 @@ def test_each_config_equals_training_it_alone(lowrank_task):
         assert run.layer.base is base
 
 
+def test_float64_configs_equal_training_them_alone_in_float64():
+    torch.manual_seed(0)
+    X, y = torch.randn(256, 9, dtype=torch.float64), torch.randn(256, 7, dtype=torch.float64)
+    base = torch.nn.Linear(9, 7).double()
+    configs = [{"r": 1, "lora_alpha": 1.0}, {"r": 2, "lora_alpha": 4.0, "scaling": "learnable"}]
+    schedule = dict(epochs=3, batch_size=32, eval_every=1, seed=0, device="cpu", progress=False)
+    for run in lc.train_many(base, X, y, configs, **schedule):
+        lc.seed_everything(0)
+        alone = lc.train(lc.LoRALinear(base, **run.config), X, y, **schedule)
+        assert run.layer.B.dtype == torch.float64
+        np.testing.assert_allclose(run.history.eval_losses, alone.eval_losses, rtol=1e-12)
+
+
 def test_learnable_scale_trains_and_fixed_scales_stay(lowrank_task):
     base, X2, y2 = lowrank_task
     runs = lc.train_many(base, X2, y2, [{"r": 2, "scaling": "learnable", "lora_alpha": 2.0},
