@@ -115,7 +115,7 @@ def _load(path: Path, d_in: int, d_out: int) -> tuple[nn.Linear, History] | None
             meta = json.loads(fh.metadata()["history"])
         weight = tensors["weight"]
     except (SafetensorError, OSError, KeyError, ValueError) as err:
-        warnings.warn(f"ignoring unreadable cached base {path}: {err}; training it again")
+        warnings.warn(f"ignoring unreadable cached base {path}: {err}; training it again", stacklevel=3)
         return None
     if tuple(weight.shape) != (d_out, d_in):
         return None

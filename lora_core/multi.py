@@ -29,6 +29,7 @@ from .training import (
     batch_indices,
     check_data,
     check_schedule,
+    frozen_residual,
     make_optimizer,
     resolve_device,
     seed_everything,
@@ -231,9 +232,7 @@ def train_many(
             f"maps {base.in_features} inputs to {base.out_features} outputs"
         )
 
-    with torch.no_grad():
-        # As in `train`'s fast path: the frozen base's output is computed once.
-        target = y - torch.cat([base(X[i : i + EVAL_CHUNK]) for i in range(0, len(X), EVAL_CHUNK)])
+    target = frozen_residual(base, X, y)  # as in `train`'s fast path
     stack = _Stack(layers)
     opt = make_optimizer(settings["optimizer"], stack.parameters(), settings["lr"])
     recorders = [

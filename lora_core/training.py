@@ -192,6 +192,16 @@ def full_mse(predict, X: torch.Tensor, target: torch.Tensor) -> float:
     return total / target.numel()
 
 
+def frozen_residual(base: nn.Module, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """y − base(X), in chunks: what an adapter over the frozen ``base`` has to fit.
+
+    The base never changes while only the adapter trains, so the fast paths compute this
+    once and train on it instead of repeating the base's matmul every step.
+    """
+    with torch.no_grad():
+        return y - torch.cat([base(X[i : i + EVAL_CHUNK]) for i in range(0, len(X), EVAL_CHUNK)])
+
+
 def evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> float:
     """The full-data MSE of ``model`` on (X, y): the number the blog prints."""
     check_data(X, y)
@@ -257,10 +267,9 @@ def train(
         )
     fast = cache_frozen and _cacheable(model)
     if fast:
-        # The base is frozen, so its output on the data never changes: fit the adapter to
-        # what the base leaves unexplained. Same loss as base(x) + lora(x) against y.
-        with torch.no_grad():
-            target = y - torch.cat([model.base(X[i : i + EVAL_CHUNK]) for i in range(0, len(X), EVAL_CHUNK)])
+        # Fit the adapter to what the frozen base leaves unexplained: the same loss as
+        # base(x) + lora(x) against y.
+        target = frozen_residual(model.base, X, y)
         predict = model.lora_forward
     else:
         target, predict = y, model

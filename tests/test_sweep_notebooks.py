@@ -109,18 +109,24 @@ def validation_cell_index(stem):
 
 
 # ---------------------------------------------------------------------------------------
-# 02: the rank sweep
+# 02 and 03: what every notebook owes
 
 
-def test_rank_sweep_passes_its_small_baseline(small_runs):
-    _, record = small_runs("02_rank_sweep")
-    report = check_metrics(record, BASELINES / "02_rank_sweep.small.json")
+@pytest.mark.parametrize("stem", ["02_rank_sweep", "03_alpha_sweep"])
+def test_sweep_notebook_passes_its_small_baseline(small_runs, stem):
+    _, record = small_runs(stem)
+    report = check_metrics(record, BASELINES / f"{stem}.small.json")
     assert report.ok, f"\n{report}"
 
 
-def test_rank_sweep_shows_its_figures_inline_and_saves_them(small_runs):
-    out, _ = small_runs("02_rank_sweep")
-    assert_figures_inline_and_saved("02_rank_sweep", out)
+@pytest.mark.parametrize("stem", ["02_rank_sweep", "03_alpha_sweep"])
+def test_sweep_notebook_shows_its_figures_inline_and_saves_them(small_runs, stem):
+    out, _ = small_runs(stem)
+    assert_figures_inline_and_saved(stem, out)
+
+
+# ---------------------------------------------------------------------------------------
+# 02: the rank sweep
 
 
 def test_rank_below_k_cannot_recover_the_shift_and_rank_k_or_more_does(small_runs):
@@ -142,17 +148,6 @@ def test_rank_below_k_cannot_recover_the_shift_and_rank_k_or_more_does(small_run
 
 # ---------------------------------------------------------------------------------------
 # 03: the alpha sweep
-
-
-def test_alpha_sweep_passes_its_small_baseline(small_runs):
-    _, record = small_runs("03_alpha_sweep")
-    report = check_metrics(record, BASELINES / "03_alpha_sweep.small.json")
-    assert report.ok, f"\n{report}"
-
-
-def test_alpha_sweep_shows_its_figures_inline_and_saves_them(small_runs):
-    out, _ = small_runs("03_alpha_sweep")
-    assert_figures_inline_and_saved("03_alpha_sweep", out)
 
 
 def test_alpha_sweep_marks_diverged_configs_instead_of_dropping_them(small_runs):
