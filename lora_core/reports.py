@@ -46,7 +46,7 @@ KEY_METRICS = 4  # how many metrics the index shows per run; metrics.json holds 
 # Atomic writes
 
 
-def _write_text_atomic(path: Path, text: str) -> Path:
+def write_text_atomic(path: Path, text: str) -> Path:
     """Write ``text`` to ``path`` so that readers see the old file or the new one, whole.
 
     The temporary file lives in the destination folder because ``os.replace`` is only
@@ -99,7 +99,7 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
     cannot be serialised raises ``TypeError`` and leaves ``path`` as it was.
     """
     text = json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n"
-    return _write_text_atomic(Path(path), text)
+    return write_text_atomic(Path(path), text)
 
 
 # ---------------------------------------------------------------------------------------
@@ -259,7 +259,7 @@ def render_html(
     exporter = HTMLExporter(embed_images=True)
     resources = {"metadata": {"name": notebook_path.stem, "path": str(notebook_path.parent)}}
     body, _ = exporter.from_notebook_node(notebook, resources=resources)
-    return _write_text_atomic(html_path, body)
+    return write_text_atomic(html_path, body)
 
 
 # ---------------------------------------------------------------------------------------
@@ -291,7 +291,7 @@ def build_index(reports_root: str | os.PathLike = "reports") -> Path:
         entry["configs"] = _sweep_counts(sweep / SUMMARY_FILE)
         sweep_entries.append(entry)
     page = _index_page(_newest_first(top_runs), _newest_first(sweep_entries))
-    return _write_text_atomic(root / INDEX_FILE, page)
+    return write_text_atomic(root / INDEX_FILE, page)
 
 
 def _report_folders(root: Path) -> list[Path]:

@@ -35,7 +35,6 @@ import hashlib
 import json
 import math
 import multiprocessing
-import os
 import re
 import sys
 import time
@@ -58,7 +57,7 @@ from .execute import (
     notebook_parameters,
 )
 from .multi import config_grid
-from .reports import build_index
+from .reports import build_index, write_text_atomic
 from .validation import check_float, check_int
 
 SUMMARY_FILE = "summary.csv"
@@ -192,7 +191,7 @@ def run_sweep(
         "started": _now(),
         "finished": None,
     }
-    _write_atomically(output_dir / SWEEP_FILE, json.dumps(sweep, indent=1))
+    write_text_atomic(output_dir / SWEEP_FILE, json.dumps(sweep, indent=1))
 
     rows, todo = {}, []
     for name, config in zip(names, configs):
@@ -235,7 +234,7 @@ def run_sweep(
                 bar.write(line)
 
     sweep["finished"] = _now()
-    _write_atomically(output_dir / SWEEP_FILE, json.dumps(sweep, indent=1))
+    write_text_atomic(output_dir / SWEEP_FILE, json.dumps(sweep, indent=1))
     # The table read back from disk, so that it is exactly what load_sweep gives a notebook.
     result = SweepResult(load_sweep(output_dir), output_dir, failed)
     print(_summary_text(notebook, result))
@@ -302,14 +301,7 @@ def _summary_frame(rows, parameter_columns: Sequence[str]) -> pd.DataFrame:
 
 def _write_summary(output_dir: Path, rows, parameter_columns: Sequence[str]) -> None:
     text = _summary_frame(rows, parameter_columns).to_csv(index=False)
-    _write_atomically(output_dir / SUMMARY_FILE, text)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Readers see the old file or the new one, never half of one."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    os.replace(partial, path)
+    write_text_atomic(output_dir / SUMMARY_FILE, text)
 
 
 def _now() -> str:
