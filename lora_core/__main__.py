@@ -25,13 +25,15 @@ from pathlib import Path
 from .regression import check_metrics
 from .reports import build_index
 from .execute import NotebookRunError, execute_notebook, notebook_parameters
-from .sweep import run_sweep
+from .sweep import _assignment, run_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ("01_rank1_recovery", "02_rank_sweep", "03_alpha_sweep", "04_sweep_report")
 # The batch route's sweep: notebook 01 over a grid, aggregated by notebook 04.
 SWEEP_NAME = "sweeps/01_r_x_alpha"
 SWEEP_GRID = {"r": [1, 2, 4], "lora_alpha": [0.5, 1.0, 8.0]}
+# The committed baselines: runs are checked against them wherever they are written.
+BASELINES_DIR = ROOT / "reports" / "baselines"
 
 
 def _declared(notebook: Path, params: dict) -> dict:
@@ -47,6 +49,7 @@ def reproduce(
     only: list[str] | None = None,
     jobs: int = 1,
     baselines: str = "full",
+    baselines_dir: Path = BASELINES_DIR,
 ) -> int:
     """Run the plan; return the process exit status."""
     failures, drifts = [], []
@@ -70,7 +73,7 @@ def reproduce(
             failures.append(name)
             continue
         print(f"done in {time.perf_counter() - start:.0f} s: {out / (name + '.html')}")
-        baseline = reports_dir / "baselines" / f"{name}.{baselines}.json"
+        baseline = baselines_dir / f"{name}.{baselines}.json"
         if baseline.exists():
             report = check_metrics(record, baseline)
             print(report)
@@ -104,9 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     params = {"device": args.device}
     for text in args.param:
-        key, sep, value = text.partition("=")
-        if not sep or not key:
-            parser.error(f"--param {text!r}: expected NAME=VALUE")
+        try:
+            key, value = _assignment(text, "--param")
+        except argparse.ArgumentTypeError as err:
+            parser.error(str(err))
         params[key] = value
     return reproduce(args.notebooks, args.reports, params, args.only, args.jobs, args.baselines)
 
