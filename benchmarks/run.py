@@ -54,8 +54,9 @@ from torch.nn import functional as F
 
 import lora_core as lc
 from lora_core.multi import _Stack
+from lora_core.optim import make_optimizer
 from lora_core.reports import environment_info
-from lora_core.training import _autograd_step, _lora_step, make_optimizer
+from lora_core.training import _autograd_step, _lora_step
 
 from . import peers
 from .seed_style import SeedLoRA, seed_lora, seed_pretrain

@@ -42,8 +42,10 @@ def cache_key(X: torch.Tensor, y: torch.Tensor, settings: dict) -> str:
         digest.update(t.view(torch.uint8).numpy() if t.numel() else b"")
     # The training code is part of the key too: a change to the loop (a new fast path,
     # say) must not silently reuse bases trained by the old one.
-    code = hashlib.sha256(Path(__file__).with_name("training.py").read_bytes()).hexdigest()
-    meta = {**settings, "lora_core": __version__, "torch": torch.__version__, "training_code": code}
+    code = hashlib.sha256()
+    for module in ("training.py", "optim.py"):
+        code.update(Path(__file__).with_name(module).read_bytes())
+    meta = {**settings, "lora_core": __version__, "torch": torch.__version__, "training_code": code.hexdigest()}
     digest.update(json.dumps(meta, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:24]
 

@@ -22,6 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .layer import LoRALinear
+from .optim import lean_step, make_optimizer
 from .training import (
     EVAL_CHUNK,
     History,
@@ -30,7 +31,6 @@ from .training import (
     check_data,
     check_schedule,
     frozen_residual,
-    make_optimizer,
     resolve_device,
     seed_everything,
 )
@@ -234,7 +234,7 @@ def train_many(
 
     target = frozen_residual(base, X, y)  # as in `train`'s fast path
     stack = _Stack(layers)
-    opt = make_optimizer(settings["optimizer"], stack.parameters(), settings["lr"])
+    update = lean_step(make_optimizer(settings["optimizer"], stack.parameters(), settings["lr"]))
     recorders = [
         _Recorder({**settings, **cfg, "seed": seed, "device": str(dev), "joint": len(configs)})
         for cfg in configs
@@ -252,7 +252,7 @@ def train_many(
                 gH = torch.empty_like(H)
                 epoch_losses += stack.set_grads(H, t, gH)
                 stack.A.grad = x.T @ gH
-            opt.step()
+            update()
         train_losses = epoch_losses.cpu().numpy() / steps
         evaluate = epoch % settings["eval_every"] == 0 or epoch == settings["epochs"]
         eval_losses = stack.full_losses(X, target) if evaluate else None

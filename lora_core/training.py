@@ -35,9 +35,9 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from .layer import LoRALinear
+from .optim import OPTIMIZERS, lean_step, make_optimizer
 from .validation import check_choice, check_float, check_int
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
 SAMPLINGS = ("with_replacement", "shuffle")
 EVAL_CHUNK = 4096  # rows per full-data evaluation chunk: bounds memory, not results
 
@@ -161,17 +161,6 @@ def check_schedule(n: int, epochs, batch_size, lr, eval_every, optimizer, sampli
         "optimizer": check_choice("optimizer", optimizer, OPTIMIZERS),
         "sampling": check_choice("sampling", sampling, SAMPLINGS),
     }
-
-
-def make_optimizer(name: str, params: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr)
-    cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
-    # The fused kernel updates every tensor in one pass. On a 2-core CPU it beats foreach
-    # for the 1M-element base weight (0.66 vs 2.4 ms per Adam update) and for a rank-1
-    # adapter's tiny factors alike (0.11 vs 0.20 ms). It exists for CPU and CUDA only.
-    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
-    return cls(params, lr=lr, fused=fused) if fused else cls(params, lr=lr, foreach=True)
 
 
 def batch_indices(n: int, steps: int, batch_size: int, sampling: str, gen: torch.Generator):
@@ -330,20 +319,28 @@ def _hand_step(model: nn.Module, opt: torch.optim.Optimizer):
 
 
 def _linear_step(linear: nn.Linear, opt: torch.optim.Optimizer):
-    """Pre-training: y ≈ x·Wᵀ + b, so dW = gᵀ·x and db = Σ_rows g."""
+    """Pre-training: y ≈ x·Wᵀ + b, so dW = gᵀ·x and db = Σ_rows g.
+
+    The residual is formed transposed, (d_out × b): then both matmuls, W·xᵀ and gᵀ·x,
+    produce d_out = 1000 rows for the threads to share where x·Wᵀ has b = 128. On a
+    2-core CPU that took the blog's step from 4.3 to 3.7 ms (torch 2.13, MKL).
+    """
     W, bias = linear.weight, linear.bias
+    update = lean_step(opt)
 
     @torch.no_grad()
     def step(x, t):
-        diff = F.linear(x, W, bias).sub_(t)  # (b, d_out)
-        loss = diff.pow(2).mean()
-        g = diff.mul_(2 / diff.numel())
+        diff_t = torch.addmm(t.T, W, x.T, beta=-1)  # W·xᵀ − tᵀ, (d_out, b)
+        if bias is not None:
+            diff_t += bias[:, None]
+        loss = diff_t.pow(2).mean()
+        g_t = diff_t.mul_(2 / diff_t.numel())
         if W.grad is None:
             W.grad = torch.empty_like(W)
-        torch.mm(g.T, x, out=W.grad)  # (d_out, d_in), into the same buffer every step
+        torch.mm(g_t, x, out=W.grad)  # (d_out, d_in), into the same buffer every step
         if bias is not None:
-            bias.grad = g.sum(0)
-        opt.step()
+            bias.grad = g_t.sum(1)
+        update()
         return loss
 
     return step
@@ -357,6 +354,7 @@ def _lora_step(layer: LoRALinear, opt: torch.optim.Optimizer):
     """
     A, B, scale = layer.A, layer.B, layer.scale
     learnable = isinstance(scale, nn.Parameter) and scale.requires_grad
+    update = lean_step(opt)
 
     @torch.no_grad()
     def step(x, t):
@@ -369,7 +367,7 @@ def _lora_step(layer: LoRALinear, opt: torch.optim.Optimizer):
         B.grad = hg * scale
         if learnable:
             scale.grad = (hg * B).sum()
-        opt.step()
+        update()
         return loss
 
     return step
