@@ -6,6 +6,7 @@
     tasks      make_regression / shift_theta: the blog's y = X·θ task, its shifts, and
                compare_delta / low_rank_error: how well a learned ΔΘ recovers a shift
     training   train -> History, evaluate, seed_everything, resolve_device
+    optim      the loops' optimizers, and a lean step for their fused Adam
     multi      train_many: many adapters over one frozen base in one loop (sweeps)
     cache      pretrain_base: the blog's pre-trained base, cached on disk
     plotting   the figures of the notebooks (loss curves, ΔΘ heatmaps, sweep heatmaps)

@@ -15,7 +15,8 @@ to float rounding:
 - Hand-written gradients for the two models the blog trains, a bare ``nn.Linear``
   (pre-training) and that cached ``LoRALinear``: the MSE gradient of a linear map is two
   matmuls, and writing it out skips autograd's per-step graph, which costs as much as the
-  arithmetic of a LoRA step.
+  arithmetic of a LoRA step. Their Adam update skips ``Optimizer.step``'s per-call
+  bookkeeping too (``optim.lean_step``).
 
 ``cache_frozen=False`` runs the plain autograd loop for every model, which a teacher may
 want to show.
