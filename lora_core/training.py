@@ -331,9 +331,8 @@ def _linear_step(linear: nn.Linear, opt: torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(x, t):
-        diff_t = torch.addmm(t.T, W, x.T, beta=-1)  # W·xᵀ − tᵀ, (d_out, b)
-        if bias is not None:
-            diff_t += bias[:, None]
+        pred_t = torch.mm(W, x.T) if bias is None else torch.addmm(bias[:, None], W, x.T)
+        diff_t = pred_t.sub_(t.T)  # W·xᵀ + b − tᵀ, (d_out, b)
         loss = diff_t.pow(2).mean()
         g_t = diff_t.mul_(2 / diff_t.numel())
         if W.grad is None:
