@@ -310,7 +310,7 @@ def _hand_step(model: nn.Module, opt: torch.optim.Optimizer):
     Only for the two models the blog trains, every parameter trainable: a bare
     ``nn.Linear`` fitting y, and a dropout-free ``LoRALinear`` fitting the cached
     residual (``train``'s fast path). With diff = prediction − t and g = 2·diff / diff.numel(),
-    the MSE gradients are those autograd computes, in the same order of operations.
+    the MSE gradients are those autograd computes, up to float rounding.
     """
     if type(model) is nn.Linear and all(p.requires_grad for p in model.parameters()):
         return _linear_step(model, opt)
