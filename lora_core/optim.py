@@ -31,6 +31,9 @@ def lean_step(opt: torch.optim.Optimizer) -> Callable[[], None]:
     the state, and then calls ``torch.optim.adam.adam``, PyTorch's functional form of the
     same update, on that same state: 32 µs a call. The state stays in ``opt``, updated in
     place as ``opt.step()`` would. Any other optimizer gets ``opt.step`` itself.
+
+    The learning rate and betas are read once, here: this is for an optimizer the loop
+    owns, which no scheduler changes behind its back.
     """
     if not (isinstance(opt, torch.optim.Adam) and len(opt.param_groups) == 1):
         return opt.step
