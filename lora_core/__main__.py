@@ -25,7 +25,7 @@ from pathlib import Path
 from .regression import check_metrics
 from .reports import build_index
 from .execute import NotebookRunError, execute_notebook, notebook_parameters
-from .sweep import _assignment, run_sweep
+from .sweep import parse_assignment, run_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ("01_rank1_recovery", "02_rank_sweep", "03_alpha_sweep", "04_sweep_report")
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     params = {"device": args.device}
     for text in args.param:
         try:
-            key, value = _assignment(text, "--param")
+            key, value = parse_assignment(text, "--param")
         except argparse.ArgumentTypeError as err:
             parser.error(str(err))
         params[key] = value

@@ -4,8 +4,8 @@ Every notebook run and sweep config starts from the same "pre-trained" ``nn.Line
 Pre-training it is most of a run's cost, so the trained weight and its History are kept
 in a cache folder, keyed by a hash of everything that determines them: the data itself
 (its bytes, not just its seed), the training settings and seed, the device type, the
-training loop's source, and the lora_core and torch versions. A changed input gives a new key, so the cache is never
-silently stale; deleting the folder is always safe.
+training loop's source, and the lora_core and torch versions. A changed input gives a new
+key, so the cache is never silently stale; deleting the folder is always safe.
 """
 
 from __future__ import annotations

@@ -100,10 +100,13 @@ class LoRALinear(nn.Module):
                 self.A.copy_(weight.T)
             self.B.zero_()
 
+    def _hidden(self, x: torch.Tensor) -> torch.Tensor:
+        # Scaling the (batch, r) product is cheaper than scaling the (batch, d_out) output.
+        return self.dropout(x) @ self.A * self.scale
+
     def lora_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The update alone, x · A · B · scale, without ever forming the (d_in, d_out) ΔΘ."""
-        # Scaling the (batch, r) product is cheaper than scaling the (batch, d_out) output.
-        return (self.dropout(x) @ self.A * self.scale) @ self.B
+        return self._hidden(x) @ self.B
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
@@ -111,7 +114,7 @@ class LoRALinear(nn.Module):
             return out
         # addmm adds (x·A·s)·B onto the base's output inside the matmul: no (rows, d_out)
         # temporary for the update and no separate pass to add it.
-        h = self.dropout(x) @ self.A * self.scale
+        h = self._hidden(x)
         return torch.addmm(out.reshape(-1, out.shape[-1]), h.reshape(-1, self.r), self.B).view(out.shape)
 
     def delta_weight(self) -> torch.Tensor:

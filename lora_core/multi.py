@@ -127,9 +127,10 @@ class _Stack:
         return G, GB, s64 * (GB - PB)
 
     @torch.no_grad()
-    def set_grads(self, H: torch.Tensor, t: torch.Tensor, gH: torch.Tensor) -> torch.Tensor:
-        """Write dB (and ds) into the parameters and dloss/dH (b, Σr) into gH; return each
-        config's minibatch MSE (count,), in float64."""
+    def set_grads(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Write every config's gradients for the minibatch (x, t) into A, B (and the
+        scale); return each config's minibatch MSE (count,), in float64."""
+        H = x @ self.A  # (b, Σr): one product for every config
         t64 = t.double()
         c = 2.0 / t.numel()
         s = self.scales()
@@ -145,8 +146,9 @@ class _Stack:
             Bg = self.B[cols].view(K, r, -1)
             hg = torch.bmm(H[:, cols].view(-1, K, r).transpose(0, 1), torch.bmm(Bg, Bg.transpose(1, 2)))
             hBBt[:, cols].view(-1, K, r).transpose(0, 1).copy_(hg)
-        # c·s·(s·h·B·Bᵀ − t·Bᵀ), the product with t as one matmul for every config
-        torch.addmm(hBBt.mul_(s_col), t, self.B.T, alpha=-1, out=gH).mul_(c * s_col)
+        # dloss/dH = c·s·(s·h·B·Bᵀ − t·Bᵀ), the product with t as one matmul for every config
+        gH = torch.addmm(hBBt.mul_(s_col), t, self.B.T, alpha=-1).mul_(c * s_col)
+        self.A.grad = x.T @ gH
         return extra.add_(torch.dot(t64.view(-1), t64.view(-1))).div_(t.numel())
 
     @torch.no_grad()
@@ -246,12 +248,7 @@ def train_many(
         idx = batch_indices(n, steps, settings["batch_size"], settings["sampling"], gen).to(dev)
         epoch_losses = torch.zeros(len(configs), dtype=torch.float64, device=dev)
         for rows in idx:
-            x, t = X.index_select(0, rows), target.index_select(0, rows)
-            with torch.no_grad():
-                H = x @ stack.A  # (b, Σr): one product for every config
-                gH = torch.empty_like(H)
-                epoch_losses += stack.set_grads(H, t, gH)
-                stack.A.grad = x.T @ gH
+            epoch_losses += stack.set_grads(X.index_select(0, rows), target.index_select(0, rows))
             update()
         train_losses = epoch_losses.cpu().numpy() / steps
         evaluate = epoch % settings["eval_every"] == 0 or epoch == settings["epochs"]

@@ -365,7 +365,7 @@ def load_sweep(output_dir: str | Path) -> pd.DataFrame:
 # Command line
 
 
-def _assignment(text: str, option: str) -> tuple[str, str]:
+def parse_assignment(text: str, option: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     if not sep or not name.strip():
         raise argparse.ArgumentTypeError(f"{option} {text!r}: expected NAME=VALUE")
@@ -419,11 +419,11 @@ def _cli_parameters(args: argparse.Namespace) -> tuple[dict[str, list], dict[str
         for name, value in loaded.items():
             (grid if isinstance(value, list) else fixed)[name] = value
     for text in args.param:
-        name, value = _assignment(text, "--param")
+        name, value = parse_assignment(text, "--param")
         grid.pop(name, None)
         fixed[name] = _cli_value(value, declared.get(name))
     for text in args.grid:
-        name, values = _assignment(text, "--grid")
+        name, values = parse_assignment(text, "--grid")
         fixed.pop(name, None)
         grid[name] = [_cli_value(v.strip(), declared.get(name)) for v in values.split(",")]
     return grid, fixed
