@@ -30,7 +30,9 @@ def loralib_layer(base: nn.Linear, A: torch.Tensor, B: torch.Tensor, alpha: floa
     if lora is None:
         return None
     r = A.shape[1]
-    layer = lora.Linear(base.in_features, base.out_features, r=r, lora_alpha=alpha, bias=base.bias is not None)
+    layer = lora.Linear(
+        base.in_features, base.out_features, r=r, lora_alpha=alpha, bias=base.bias is not None
+    )
     with torch.no_grad():
         layer.weight.copy_(base.weight)
         if base.bias is not None:

@@ -53,10 +53,9 @@ from torch import nn
 from torch.nn import functional as F
 
 import lora_core as lc
-from lora_core.multi import _Stack
-from lora_core.optim import make_optimizer
-from lora_core.reports import environment_info
-from lora_core.training import _autograd_step, _lora_step
+from lora_core import make_optimizer
+from lora_core.fast import StackedAdapters, lora_step
+from lora_core.suite.reports import environment_info
 
 from . import peers
 from .seed_style import SeedLoRA, seed_lora, seed_pretrain
@@ -85,8 +84,18 @@ class Scale:
 
 
 FULL = Scale()
-QUICK = Scale(n=512, d_in=65, d_out=64, batch_size=32, epochs=4, eval_every=2, scaling_epochs=2,
-              step_block=5, step_rounds=3, rounds=2)
+QUICK = Scale(
+    n=512,
+    d_in=65,
+    d_out=64,
+    batch_size=32,
+    epochs=4,
+    eval_every=2,
+    scaling_epochs=2,
+    step_block=5,
+    step_rounds=3,
+    rounds=2,
+)
 
 
 # ---------------------------------------------------------------------------------------
@@ -98,7 +107,7 @@ def interleaved(variants: dict, rounds: int, verbose: bool = False) -> dict[str,
     names = list(variants)
     times = {name: [] for name in names}
     for i in range(rounds):
-        for name in names[i % len(names):] + names[: i % len(names)]:
+        for name in names[i % len(names) :] + names[: i % len(names)]:
             gc.collect()
             start = time.perf_counter()
             variants[name]()
@@ -127,7 +136,9 @@ class Results:
     def check(self, name: str, rel_diff: float, tolerance: float) -> None:
         ok = bool(rel_diff <= tolerance)
         self.checks.append({"check": name, "max_rel_diff": rel_diff, "tolerance": tolerance, "ok": ok})
-        print(f"  check {'ok  ' if ok else 'FAIL'} {name}: {rel_diff:.2e} (tolerance {tolerance:g})", flush=True)
+        print(
+            f"  check {'ok  ' if ok else 'FAIL'} {name}: {rel_diff:.2e} (tolerance {tolerance:g})", flush=True
+        )
 
     def ratio(self, part, name, num: list[float], den: list[float], goal: float | None = None, note=""):
         """Per-round ratios num/den; ``goal`` is the largest median that meets it."""
@@ -195,9 +206,9 @@ def step_gradients(base, A, B, alpha, x, y) -> dict[str, tuple]:
     layer = _lora_core_layer(base, A, B, alpha)
     out["lora_core LoRALinear"] = _autograd_grads(layer, x, y, lambda: layer.A.grad, lambda: layer.B.grad)
     fast = _lora_core_layer(base, A, B, alpha)
-    loss = _lora_step(fast, _NoStep())(x, residual)
+    loss = lora_step(fast, _NoStep())(x, residual)
     out["lora_core fast path"] = (loss, fast.A.grad, fast.B.grad)
-    stack = _Stack([_lora_core_layer(base, A, B, alpha)])
+    stack = StackedAdapters([_lora_core_layer(base, A, B, alpha)])
     loss = stack.set_grads(x, residual)
     out["lora_core train_many step"] = (loss[0], stack.A.grad, stack.B.grad)
     seed = _seed_layer(base, A, B, alpha)
@@ -254,11 +265,18 @@ def part_step(res: Results, sc: Scale) -> None:
         def run():
             for _ in range(sc.step_block):
                 step(*args)
+
         return run
 
     def module_step(model, opt):
         # What ``train(..., cache_frozen=False)`` does for a model: forward, MSE, backward, Adam.
-        return blocked(_autograd_step(model, opt), x, y)
+        def step(x, y):
+            loss = F.mse_loss(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        return blocked(step, x, y)
 
     def adam(params):
         return make_optimizer("adam", list(params), sc.lr)  # fused Adam, as lora_core's train uses
@@ -267,7 +285,9 @@ def part_step(res: Results, sc: Scale) -> None:
     layer = _lora_core_layer(base, A, B, alpha)
     variants["lora_core LoRALinear"] = module_step(layer, adam([layer.A, layer.B]))
     fast = _lora_core_layer(base, A, B, alpha)
-    variants["lora_core fast path (cached base output)"] = blocked(_lora_step(fast, adam([fast.A, fast.B])), x, residual)
+    variants["lora_core fast path (cached base output)"] = blocked(
+        lora_step(fast, adam([fast.A, fast.B])), x, residual
+    )
     seed = _seed_layer(base, A, B, alpha)
     variants["seed-style (ΔΘ materialised)"] = module_step(seed, torch.optim.Adam([seed.A, seed.B], lr=sc.lr))
     ll = peers.loralib_layer(base, A, B, alpha)
@@ -296,13 +316,23 @@ def part_step(res: Results, sc: Scale) -> None:
     peer_names = [n for n in ("loralib lora.Linear", "PEFT LoraModel") if n in times]
     if peer_names:
         fastest = [min(vals) for vals in zip(*(times[n] for n in peer_names))]
-        res.ratio("step", "lora_core LoRALinear step / fastest of loralib, PEFT", lib, fastest, goal=1.0,
-                  note="same fused Adam for the three; all recompute the frozen matmul")
+        res.ratio(
+            "step",
+            "lora_core LoRALinear step / fastest of loralib, PEFT",
+            lib,
+            fastest,
+            goal=1.0,
+            note="same fused Adam for the three; all recompute the frozen matmul",
+        )
     for name in times:
         if name != "frozen matmul floor":
             res.ratio("step", f"{name} / frozen matmul floor", times[name], times["frozen matmul floor"])
-    res.ratio("step", "lora_core fast path / seed-style step", times["lora_core fast path (cached base output)"],
-              times["seed-style (ΔΘ materialised)"])
+    res.ratio(
+        "step",
+        "lora_core fast path / seed-style step",
+        times["lora_core fast path (cached base output)"],
+        times["seed-style (ΔΘ materialised)"],
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -349,12 +379,23 @@ def part_notebook(res: Results, sc: Scale) -> None:
     ours, theirs = curves["lora_core"], curves["seed-style"]
     # Same data, initial weights and minibatches; only float rounding differs (fused vs
     # plain Adam, hand-written vs autograd gradients), over 2 × 7800 steps at seed scale.
-    res.check("notebook: pre-training eval losses, lora_core vs seed-style", curve_diff(ours[0], theirs[0]), 1e-4)
+    res.check(
+        "notebook: pre-training eval losses, lora_core vs seed-style", curve_diff(ours[0], theirs[0]), 1e-4
+    )
     res.check("notebook: LoRA eval losses, lora_core vs seed-style", curve_diff(ours[1], theirs[1]), 1e-4)
-    res.ratio("notebook", "notebook 01 training, cold cache / seed-style script", times["lora_core, cold cache"],
-              times["seed-style script"], goal=0.35)
-    res.ratio("notebook", "notebook 01 training, warm cache / seed-style script", times["lora_core, warm cache"],
-              times["seed-style script"])
+    res.ratio(
+        "notebook",
+        "notebook 01 training, cold cache / seed-style script",
+        times["lora_core, cold cache"],
+        times["seed-style script"],
+        goal=0.35,
+    )
+    res.ratio(
+        "notebook",
+        "notebook 01 training, warm cache / seed-style script",
+        times["lora_core, warm cache"],
+        times["seed-style script"],
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -378,7 +419,9 @@ def part_sweep(res: Results, sc: Scale) -> None:
     base, X2, y2 = pretrained(res, sc)
     sched = schedule(sc)
     configs = lc.config_grid(r=list(RANKS), lora_alpha=list(ALPHAS))
-    subset = [{"r": r, "lora_alpha": a} for r, a in zip(RANKS, ALPHAS)][: sc.subset]  # each rank, each alpha once
+    subset = [{"r": r, "lora_alpha": a} for r, a in zip(RANKS, ALPHAS)][
+        : sc.subset
+    ]  # each rank, each alpha once
     histories = {}
 
     def many():
@@ -401,41 +444,71 @@ def part_sweep(res: Results, sc: Scale) -> None:
     for cfg in subset:
         key = tuple(cfg.values())
         alone, joint = histories[key].eval_losses.to_dict(), histories["many"][key].eval_losses.to_dict()
-        res.check(f"sweep: train_many vs train(), r={cfg['r']}, α={cfg['lora_alpha']:g}, eval losses",
-                  curve_diff(joint, alone), 1e-4)
+        res.check(
+            f"sweep: train_many vs train(), r={cfg['r']}, α={cfg['lora_alpha']:g}, eval losses",
+            curve_diff(joint, alone),
+            1e-4,
+        )
     diverged = [k for k, h in histories["many"].items() if h.diverged]
     if diverged:
         res.notes.append(f"sweep: configs that diverged (still computed every step): {diverged}")
     scale_up = len(configs) / len(subset)
     many_t, seed_t = times["train_many, 25 configs"], times["seed-style, one adapter (r=1, α=1)"]
     one_t = [t * scale_up for t in times[f"train(), {len(subset)} configs one by one"]]
-    res.ratio("sweep", "25-config sweep with train_many / seed-style code training ONE adapter", many_t, seed_t,
-              goal=0.5)
-    res.ratio("sweep", "25-config sweep with train_many / train() one by one", many_t, one_t,
-              note=f"train() timed on {len(subset)} configs (one per rank), scaled by {scale_up:g}")
-    res.ratio("sweep", "25-config sweep with train_many / seed-style code for all 25", many_t,
-              [t * len(configs) for t in seed_t], note="seed-style timed on one adapter, scaled by 25")
+    res.ratio(
+        "sweep",
+        "25-config sweep with train_many / seed-style code training ONE adapter",
+        many_t,
+        seed_t,
+        goal=0.5,
+    )
+    res.ratio(
+        "sweep",
+        "25-config sweep with train_many / train() one by one",
+        many_t,
+        one_t,
+        note=f"train() timed on {len(subset)} configs (one per rank), scaled by {scale_up:g}",
+    )
+    res.ratio(
+        "sweep",
+        "25-config sweep with train_many / seed-style code for all 25",
+        many_t,
+        [t * len(configs) for t in seed_t],
+        note="seed-style timed on one adapter, scaled by 25",
+    )
 
 
 def part_scaling(res: Results, sc: Scale) -> None:
     base, X2, y2 = pretrained(res, sc)
     sched = schedule(sc, sc.scaling_epochs)
     variants = {
-        f"train_many, {k} configs": (lambda k=k: lc.train_many(base, X2, y2, sweep_configs(k), seed=0,
-                                                                progress=False, **sched))
+        f"train_many, {k} configs": (
+            lambda k=k: lc.train_many(base, X2, y2, sweep_configs(k), seed=0, progress=False, **sched)
+        )
         for k in SCALING_COUNTS
     }
     times = interleaved(variants, sc.rounds, verbose=True)
     res.timings["scaling"] = times
     one = times[f"train_many, {SCALING_COUNTS[0]} configs"]
     for k in SCALING_COUNTS[1:]:
-        res.ratio("scaling", f"cost of {k} configs / cost of 1", times[f"train_many, {k} configs"], one,
-                  note=f"{sc.scaling_epochs} epochs; linear growth would be {k}")
+        res.ratio(
+            "scaling",
+            f"cost of {k} configs / cost of 1",
+            times[f"train_many, {k} configs"],
+            one,
+            note=f"{sc.scaling_epochs} epochs; linear growth would be {k}",
+        )
     last = SCALING_COUNTS[-1]
     slope = [math.log(a / b) / math.log(last) for a, b in zip(times[f"train_many, {last} configs"], one)]
     # Reported as a ratio row: the log-log slope of cost against configs (1 = linear).
-    res.ratio("scaling", f"log-log slope of cost, 1 → {last} configs", slope, [1.0] * len(slope), goal=0.8,
-              note="cost ∝ configs^slope; goal: clearly sublinear")
+    res.ratio(
+        "scaling",
+        f"log-log slope of cost, 1 → {last} configs",
+        slope,
+        [1.0] * len(slope),
+        goal=0.8,
+        note="cost ∝ configs^slope; goal: clearly sublinear",
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -450,8 +523,13 @@ def machine() -> dict:
             cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
     except OSError:
         pass
-    return {**info, "cpu": cpu, "cpu_count": os.cpu_count(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads()}
+    return {
+        **info,
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def markdown(res: Results, env: dict, sc: Scale, command: str) -> str:
@@ -469,24 +547,43 @@ def markdown(res: Results, env: dict, sc: Scale, command: str) -> str:
         "",
     ]
     if res.checks:
-        lines += ["## Equivalence checks (before timing)", "",
-                  "| check | max relative difference | tolerance | ok |", "|---|---|---|---|"]
-        lines += [f"| {c['check']} | {c['max_rel_diff']:.2e} | {c['tolerance']:g} | {'yes' if c['ok'] else 'NO'} |"
-                  for c in res.checks]
+        lines += [
+            "## Equivalence checks (before timing)",
+            "",
+            "| check | max relative difference | tolerance | ok |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {c['check']} | {c['max_rel_diff']:.2e} | {c['tolerance']:g} | {'yes' if c['ok'] else 'NO'} |"
+            for c in res.checks
+        ]
         lines.append("")
-    lines += ["## Ratios (median over rounds; spread = min–max over rounds)", "",
-              "| part | ratio | median | spread | goal | met | note |", "|---|---|---|---|---|---|---|"]
+    lines += [
+        "## Ratios (median over rounds; spread = min–max over rounds)",
+        "",
+        "| part | ratio | median | spread | goal | met | note |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in res.ratios:
         goal = "" if r["goal"] is None else f"≤ {r['goal']:g}"
         met = "" if r["met"] is None else ("yes" if r["met"] else "no")
-        lines.append(f"| {r['part']} | {r['ratio']} | {r['median']:.3f} | {r['min']:.3f}–{r['max']:.3f} | "
-                     f"{goal} | {met} | {r['note']} |")
-    lines += ["", "## Timings (seconds; per step for part step)", "",
-              "| part | variant | median | min | max | samples |", "|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {r['part']} | {r['ratio']} | {r['median']:.3f} | {r['min']:.3f}–{r['max']:.3f} | "
+            f"{goal} | {met} | {r['note']} |"
+        )
+    lines += [
+        "",
+        "## Timings (seconds; per step for part step)",
+        "",
+        "| part | variant | median | min | max | samples |",
+        "|---|---|---|---|---|---|",
+    ]
     for part, times in res.timings.items():
         for name, samples in times.items():
             s = summary(samples)
-            lines.append(f"| {part} | {name} | {s['median']:.4g} | {s['min']:.4g} | {s['max']:.4g} | {s['n']} |")
+            lines.append(
+                f"| {part} | {name} | {s['median']:.4g} | {s['min']:.4g} | {s['max']:.4g} | {s['n']} |"
+            )
     notes = res.notes + list(peers.missing.values())
     if notes:
         lines += ["", "## Notes", ""] + [f"- {note}" for note in notes]
@@ -500,9 +597,12 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="rounds per part (default 3; 15 for step)")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
     parser.add_argument("--output", default=None, help="folder for benchmark.md and benchmark.json")
-    parser.add_argument("--omp-passive", action="store_true",
-                        help="run with OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of "
-                             "spinning, which keeps 2-thread timings sane when other processes share the cores")
+    parser.add_argument(
+        "--omp-passive",
+        action="store_true",
+        help="run with OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of "
+        "spinning, which keeps 2-thread timings sane when other processes share the cores",
+    )
     args = parser.parse_args(argv)
     argv = sys.argv[1:] if argv is None else list(argv)
     if args.omp_passive and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
@@ -524,7 +624,9 @@ def main(argv=None) -> int:
     for part in parts:
         print(f"[{part}]", flush=True)
         before = os.getloadavg()[0]
-        {"step": part_step, "notebook": part_notebook, "sweep": part_sweep, "scaling": part_scaling}[part](res, sc)
+        {"step": part_step, "notebook": part_notebook, "sweep": part_sweep, "scaling": part_scaling}[part](
+            res, sc
+        )
         res.load[part] = [before, os.getloadavg()[0]]
     for note in peers.missing.values():
         print("note:", note)
@@ -534,10 +636,19 @@ def main(argv=None) -> int:
     env["load_average_by_part"] = res.load
     output.mkdir(parents=True, exist_ok=True)
     (output / "benchmark.md").write_text(markdown(res, env, sc, command.strip()))
-    record = {"command": command.strip(), "environment": env, "scale": asdict(sc), "parts": parts,
-              "checks": res.checks, "ratios": res.ratios, "notes": res.notes + list(peers.missing.values()),
-              "timings": {part: {name: {"samples": ts, **summary(ts)} for name, ts in times.items()}
-                          for part, times in res.timings.items()}}
+    record = {
+        "command": command.strip(),
+        "environment": env,
+        "scale": asdict(sc),
+        "parts": parts,
+        "checks": res.checks,
+        "ratios": res.ratios,
+        "notes": res.notes + list(peers.missing.values()),
+        "timings": {
+            part: {name: {"samples": ts, **summary(ts)} for name, ts in times.items()}
+            for part, times in res.timings.items()
+        },
+    }
     (output / "benchmark.json").write_text(json.dumps(record, indent=2, default=str))
     print(f"wrote {output / 'benchmark.md'} and {output / 'benchmark.json'}")
     return 0 if all(c["ok"] for c in res.checks) else 1

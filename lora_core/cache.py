@@ -25,6 +25,9 @@ from torch import nn
 from .training import History, check_data, resolve_device, seed_everything, train
 
 FRAME_COLUMNS = ("train_loss", "eval_loss", "seconds")
+PACKAGE_DIR = Path(__file__).resolve().parent
+# Every file whose code decides what pre-training computes: the loop and its fast path.
+TRAINING_CODE = ("training.py", "fast/steps.py", "fast/optim.py")
 
 
 def default_cache_dir() -> Path:
@@ -43,9 +46,14 @@ def cache_key(X: torch.Tensor, y: torch.Tensor, settings: dict) -> str:
     # The training code is part of the key too: a change to the loop (a new fast path,
     # say) must not silently reuse bases trained by the old one.
     code = hashlib.sha256()
-    for module in ("training.py", "optim.py"):
-        code.update(Path(__file__).with_name(module).read_bytes())
-    meta = {**settings, "lora_core": __version__, "torch": torch.__version__, "training_code": code.hexdigest()}
+    for module in TRAINING_CODE:
+        code.update((PACKAGE_DIR / module).read_bytes())
+    meta = {
+        **settings,
+        "lora_core": __version__,
+        "torch": torch.__version__,
+        "training_code": code.hexdigest(),
+    }
     digest.update(json.dumps(meta, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:24]
 
@@ -74,8 +82,13 @@ def pretrain_base(
     check_data(X, y)
     dev = resolve_device(device)
     schedule = dict(
-        epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
-        sampling=sampling, eval_every=eval_every, seed=seed,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        optimizer=optimizer,
+        sampling=sampling,
+        eval_every=eval_every,
+        seed=seed,
     )
     path = None
     if cache:

@@ -10,7 +10,7 @@ matches a name exactly or as a dotted suffix (``"q_proj"`` matches ``"layers.0.a
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 from torch import nn
 
@@ -68,9 +68,7 @@ def add_lora(
         for name, _ in model.named_modules()
         if name and name not in inside and _matches(name, target_modules)
     ]
-    linear_names = [
-        n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n not in inside
-    ]
+    linear_names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n not in inside]
     if not names:
         raise ValueError(
             f"target_modules={target_modules!r} matched no module; the model's nn.Linear "

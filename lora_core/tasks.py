@@ -41,8 +41,7 @@ def make_regression(
         theta = torch.randn(d_in, d_out, generator=gen, dtype=dtype)
     elif tuple(theta.shape) != (d_in, d_out):
         raise ValueError(
-            f"theta.shape={tuple(theta.shape)} is not allowed: expected (d_in, d_out) = "
-            f"({d_in}, {d_out})"
+            f"theta.shape={tuple(theta.shape)} is not allowed: expected (d_in, d_out) = ({d_in}, {d_out})"
         )
     theta = theta.to(dtype)
     X = torch.randn(n, d_in, generator=gen, dtype=dtype)
@@ -85,8 +84,12 @@ def shift_theta(
 
 
 DELTA_METRICS = (
-    "delta_relative_error", "delta_cosine", "delta_mean", "delta_std",
-    "delta_max_abs_error", "delta_energy_beyond_rank1",
+    "delta_relative_error",
+    "delta_cosine",
+    "delta_mean",
+    "delta_std",
+    "delta_max_abs_error",
+    "delta_energy_beyond_rank1",
 )
 
 
@@ -128,12 +131,28 @@ def low_rank_error(shift: torch.Tensor, r: int) -> float:
 # 2023-06-22; one unseeded draw), for overlaying on our curves.
 
 BLOG_PRETRAIN_LOSSES = {
-    10: 577.075, 20: 312.2, 30: 155.055, 40: 68.49202, 50: 25.68243,
-    60: 7.620944, 70: 1.607114, 80: 0.2077137, 90: 0.01392935, 100: 0.0004785107,
+    10: 577.075,
+    20: 312.2,
+    30: 155.055,
+    40: 68.49202,
+    50: 25.68243,
+    60: 7.620944,
+    70: 1.607114,
+    80: 0.2077137,
+    90: 0.01392935,
+    100: 0.0004785107,
 }
 BLOG_LORA_LOSSES = {
-    10: 798.6073, 20: 485.8804, 30: 257.3518, 40: 118.4895, 50: 46.34769,
-    60: 14.46207, 70: 3.185689, 80: 0.4264134, 90: 0.02732975, 100: 0.001300132,
+    10: 798.6073,
+    20: 485.8804,
+    30: 257.3518,
+    40: 118.4895,
+    50: 46.34769,
+    60: 14.46207,
+    70: 3.185689,
+    80: 0.4264134,
+    90: 0.02732975,
+    100: 0.001300132,
 }
 BLOG_SHIFTED_BASE_LOSS = 992.673
 BLOG_MERGED_LOSS = 0.00130013

@@ -5,21 +5,9 @@ blog does) or from a shuffled permutation, optimises only the parameters that re
 grad, and every ``eval_every`` epochs measures the MSE on the full data, the number the
 blog prints. The run is recorded in a ``History``.
 
-Fast paths (``cache_frozen=True``, the default), each giving the plain loop's results up
-to float rounding:
-
-- Frozen-output caching: when the model is a single ``LoRALinear`` (the blog's setup:
-  the adapted layer sees the data itself), the frozen base's output on the whole dataset
-  is computed once and each step trains only the adapter against the residual
-  y − base(X); no step repeats the (d_in × d_out) matmul of the frozen base.
-- Hand-written gradients for the two models the blog trains, a bare ``nn.Linear``
-  (pre-training) and that cached ``LoRALinear``: the MSE gradient of a linear map is two
-  matmuls, and writing it out skips autograd's per-step graph, which costs as much as the
-  arithmetic of a LoRA step. Their Adam update skips ``Optimizer.step``'s per-call
-  bookkeeping too (``optim.lean_step``).
-
-``cache_frozen=False`` runs the plain autograd loop for every model, which a teacher may
-want to show.
+``train`` is the textbook autograd loop. Where an exact fast path applies (``fast.steps``:
+the frozen base's output cached, gradients written by hand), it takes that instead, with
+the same results up to float rounding; ``cache_frozen=False`` always runs the plain loop.
 """
 
 from __future__ import annotations
@@ -35,12 +23,11 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from .layer import LoRALinear
-from .optim import OPTIMIZERS, lean_step, make_optimizer
+from .fast.steps import EVAL_CHUNK, fast_path
 from .validation import check_choice, check_float, check_int
 
 SAMPLINGS = ("with_replacement", "shuffle")
-EVAL_CHUNK = 4096  # rows per full-data evaluation chunk: bounds memory, not results
+OPTIMIZERS = ("adam", "adamw", "sgd")
 
 
 def seed_everything(seed: int) -> None:
@@ -67,8 +54,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         ) from None
     available = {
         "cpu": True,
-        "cuda": torch.cuda.is_available()
-        and (dev.index is None or dev.index < torch.cuda.device_count()),
+        "cuda": torch.cuda.is_available() and (dev.index is None or dev.index < torch.cuda.device_count()),
         "mps": torch.backends.mps.is_available(),
     }
     if not available.get(dev.type, False):
@@ -113,7 +99,7 @@ class History:
         return float(self.frame["seconds"].iloc[-1]) if len(self.frame) else 0.0
 
 
-class _Recorder:
+class Recorder:
     """Collects per-epoch rows and turns them into a History."""
 
     def __init__(self, settings: dict):
@@ -140,6 +126,17 @@ class _Recorder:
         return History(frame.set_index("epoch"), self.diverged_at, self.settings)
 
 
+def make_optimizer(name: str, params: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:
+    """One of ``OPTIMIZERS`` over ``params``, as every training loop here builds it."""
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+    # The fused kernel updates every tensor in one pass; on a 2-core CPU it beat foreach
+    # for the base weight and for a rank-1 adapter alike (benchmarks/README.md).
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    return cls(params, lr=lr, fused=fused) if fused else cls(params, lr=lr, foreach=True)
+
+
 def check_data(X: torch.Tensor, y: torch.Tensor) -> None:
     for name, t in (("X", X), ("y", y)):
         if not isinstance(t, torch.Tensor) or t.ndim != 2:
@@ -147,8 +144,7 @@ def check_data(X: torch.Tensor, y: torch.Tensor) -> None:
             raise ValueError(f"{name}={shape} is not allowed: expected a 2-D torch.Tensor")
     if X.shape[0] != y.shape[0]:
         raise ValueError(
-            f"y.shape={tuple(y.shape)} is not allowed: expected as many rows as X "
-            f"({X.shape[0]})"
+            f"y.shape={tuple(y.shape)} is not allowed: expected as many rows as X ({X.shape[0]})"
         )
 
 
@@ -182,16 +178,6 @@ def full_mse(predict, X: torch.Tensor, target: torch.Tensor) -> float:
     return total / target.numel()
 
 
-def frozen_residual(base: nn.Module, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """y − base(X), in chunks: what an adapter over the frozen ``base`` has to fit.
-
-    The base never changes while only the adapter trains, so the fast paths compute this
-    once and train on it instead of repeating the base's matmul every step.
-    """
-    with torch.no_grad():
-        return y - torch.cat([base(X[i : i + EVAL_CHUNK]) for i in range(0, len(X), EVAL_CHUNK)])
-
-
 def evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> float:
     """The full-data MSE of ``model`` on (X, y): the number the blog prints."""
     check_data(X, y)
@@ -203,15 +189,6 @@ def evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> float:
         return full_mse(model, X.to(dev), y.to(dev))
     finally:
         model.train(was_training)
-
-
-def _cacheable(model: nn.Module) -> bool:
-    """A single unmerged LoRALinear over a frozen base: its base output can be cached."""
-    return (
-        isinstance(model, LoRALinear)
-        and not model.merged
-        and not any(p.requires_grad for p in model.base.parameters())
-    )
 
 
 def train(
@@ -252,34 +229,37 @@ def train(
         out = model(X[:1])
     if out.shape[1:] != y.shape[1:]:
         raise ValueError(
-            f"y.shape={tuple(y.shape)} is not allowed: the model maps X to "
-            f"{tuple(out.shape[1:])} per row"
+            f"y.shape={tuple(y.shape)} is not allowed: the model maps X to {tuple(out.shape[1:])} per row"
         )
-    fast = cache_frozen and _cacheable(model)
-    if fast:
-        # Fit the adapter to what the frozen base leaves unexplained: the same loss as
-        # base(x) + lora(x) against y.
-        target = frozen_residual(model.base, X, y)
-        predict = model.lora_forward
-    else:
-        target, predict = y, model
-
     opt = make_optimizer(settings["optimizer"], params, settings["lr"])
-    step = (cache_frozen and _hand_step(model, opt)) or _autograd_step(predict, opt)
+    # The same loss and updates, faster, where one applies (see fast.steps); else None.
+    fast = fast_path(model, X, y, opt) if cache_frozen else None
+    target, predict = (fast.target, fast.predict) if fast else (y, model)
+    hand_step = fast.step if fast else None
+
     gen = torch.Generator().manual_seed(seed)
     n, steps = X.shape[0], X.shape[0] // settings["batch_size"]
-    rec = _Recorder({**settings, "seed": seed, "device": str(dev), "cache_frozen": fast})
+    cached = bool(fast and fast.frozen_cached)
+    rec = Recorder({**settings, "seed": seed, "device": str(dev), "cache_frozen": cached})
     model.train()
     for epoch in tqdm(range(1, settings["epochs"] + 1), desc="epochs", disable=not progress, leave=False):
         idx = batch_indices(n, steps, settings["batch_size"], settings["sampling"], gen).to(dev)
         epoch_loss = torch.zeros((), device=dev)
         for rows in idx:
             # index_select: the same rows as X[rows], gathered about 3x faster on CPU.
-            epoch_loss += step(X.index_select(0, rows), target.index_select(0, rows))
+            x, t = X.index_select(0, rows), target.index_select(0, rows)
+            if hand_step:
+                loss = hand_step(x, t)
+            else:
+                loss = F.mse_loss(predict(x), t)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            epoch_loss += loss.detach()
         train_loss = float(epoch_loss) / steps  # one device sync per epoch, not per step
-        evaluate = epoch % settings["eval_every"] == 0 or epoch == settings["epochs"]
+        measure = epoch % settings["eval_every"] == 0 or epoch == settings["epochs"]
         eval_loss = None
-        if evaluate and np.isfinite(train_loss):
+        if measure and np.isfinite(train_loss):
             model.eval()
             eval_loss = full_mse(predict, X, target)
             model.train()
@@ -287,87 +267,3 @@ def train(
         if rec.diverged_at is not None:
             break
     return rec.history()
-
-
-# ---------------------------------------------------------------------------------------
-# One optimisation step on a minibatch (x, t): returns the minibatch MSE, detached.
-
-
-def _autograd_step(predict, opt: torch.optim.Optimizer):
-    def step(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        loss = F.mse_loss(predict(x), t)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return loss.detach()
-
-    return step
-
-
-def _hand_step(model: nn.Module, opt: torch.optim.Optimizer):
-    """The step with its gradient written by hand, or None where it does not apply.
-
-    Only for the two models the blog trains, every parameter trainable: a bare
-    ``nn.Linear`` fitting y, and a dropout-free ``LoRALinear`` fitting the cached
-    residual (``train``'s fast path). With diff = prediction − t and g = 2·diff / diff.numel(),
-    the MSE gradients are those autograd computes, up to float rounding.
-    """
-    if type(model) is nn.Linear and all(p.requires_grad for p in model.parameters()):
-        return _linear_step(model, opt)
-    if _cacheable(model) and model.lora_dropout == 0 and model.A.requires_grad and model.B.requires_grad:
-        return _lora_step(model, opt)
-    return None
-
-
-def _linear_step(linear: nn.Linear, opt: torch.optim.Optimizer):
-    """Pre-training: y ≈ x·Wᵀ + b, so dW = gᵀ·x and db = Σ_rows g.
-
-    The residual is formed transposed, (d_out × b): then both matmuls, W·xᵀ and gᵀ·x,
-    produce d_out = 1000 rows for the threads to share where x·Wᵀ has b = 128. On a
-    2-core CPU that took the blog's step from 4.3 to 3.7 ms (torch 2.13, MKL).
-    """
-    W, bias = linear.weight, linear.bias
-    update = lean_step(opt)
-
-    @torch.no_grad()
-    def step(x, t):
-        pred_t = torch.mm(W, x.T) if bias is None else torch.addmm(bias[:, None], W, x.T)
-        diff_t = pred_t.sub_(t.T)  # W·xᵀ + b − tᵀ, (d_out, b)
-        loss = diff_t.pow(2).mean()
-        g_t = diff_t.mul_(2 / diff_t.numel())
-        if W.grad is None:
-            W.grad = torch.empty_like(W)
-        torch.mm(g_t, x, out=W.grad)  # (d_out, d_in), into the same buffer every step
-        if bias is not None:
-            bias.grad = g_t.sum(1)
-        update()
-        return loss
-
-    return step
-
-
-def _lora_step(layer: LoRALinear, opt: torch.optim.Optimizer):
-    """The adapter on the cached residual t: prediction h·s·B with h = x·A (b, r).
-
-    dB = s·hᵀg, dA = xᵀ·(g·Bᵀ)·s and, for a learnable scale, ds = Σ (hᵀg) ⊙ B. Every
-    product is (b × r) or (r × d): no (d_in × d_out) matmul in the step at all.
-    """
-    A, B, scale = layer.A, layer.B, layer.scale
-    learnable = isinstance(scale, nn.Parameter) and scale.requires_grad
-    update = lean_step(opt)
-
-    @torch.no_grad()
-    def step(x, t):
-        h = x @ A  # (b, r)
-        diff = torch.addmm(t, h * scale, B, beta=-1)  # h·s·B − t, (b, d_out)
-        loss = diff.pow(2).mean()
-        g = diff.mul_(2 / diff.numel())
-        hg = h.T @ g  # (r, d_out)
-        A.grad = x.T @ (g @ B.T * scale)  # (d_in, r)
-        B.grad = hg * scale
-        if learnable:
-            scale.grad = (hg * B).sum()
-        update()
-        return loss
-
-    return step

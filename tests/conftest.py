@@ -34,17 +34,23 @@ def base(small_task):
 # ---------------------------------------------------------------------------------------
 # Reading an executed notebook
 
+
 def image_outputs(executed):
     notebook = nbformat.read(executed, as_version=4)
     return [
-        output for cell in notebook.cells if cell.cell_type == "code"
-        for output in cell.outputs if "image/png" in output.get("data", {})
+        output
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for output in cell.outputs
+        if "image/png" in output.get("data", {})
     ]
 
 
 def printed_text(executed):
     notebook = nbformat.read(executed, as_version=4)
     return "".join(
-        output.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
+        output.get("text", "")
+        for cell in notebook.cells
+        if cell.cell_type == "code"
         for output in cell.outputs
     )

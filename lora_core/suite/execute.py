@@ -17,8 +17,9 @@ import numbers
 import os
 import shutil
 import sys
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import nbformat
 import papermill
@@ -28,10 +29,9 @@ from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from papermill.exceptions import PapermillExecutionError
 from traitlets import default
 
+from ..validation import check_float
 from . import reports
-from .validation import check_float
-
-METRICS_FILE = "metrics.json"
+from .reports import METRICS_FILE
 
 # ---------------------------------------------------------------------------------------
 # The notebook's declared parameters
@@ -125,9 +125,7 @@ def check_parameters(
     unknown = [name for name in [*grid, *fixed] if name not in declared]
     if unknown:
         known = ", ".join(f"{n}: {p['type']}" for n, p in declared.items() if n != "output_dir")
-        raise ValueError(
-            f"{Path(notebook).name} has no parameter {', '.join(unknown)}; it declares {known}"
-        )
+        raise ValueError(f"{Path(notebook).name} has no parameter {', '.join(unknown)}; it declares {known}")
     both = sorted(set(grid) & set(fixed))
     if both:
         raise ValueError(f"{', '.join(both)} given both as a grid axis and as a fixed value")
@@ -225,7 +223,7 @@ def execute_notebook(
         raise NotebookRunError(str(executed), "MissingMetrics", evalue)
     record = json.loads(metrics_path.read_text())
     if not isinstance(record, dict) or not isinstance(record.get("metrics"), dict):
-        evalue = f"{metrics_path} holds no \"metrics\" mapping"
+        evalue = f'{metrics_path} holds no "metrics" mapping'
         raise NotebookRunError(str(executed), "BadMetrics", evalue)
     if render_html:
         reports.render_html(executed)
@@ -254,7 +252,8 @@ def _failed_cell(executed: Path) -> tuple[int | None, str | None]:
         return None, None
     added_by_papermill = {"injected-parameters", "papermill-error-cell-tag"}
     cells = [
-        cell for cell in nbformat.read(executed, as_version=4).cells
+        cell
+        for cell in nbformat.read(executed, as_version=4).cells
         if not added_by_papermill & set(cell.metadata.get("tags", []))
     ]
     marks = [cell.metadata.get("papermill", {}) for cell in cells]

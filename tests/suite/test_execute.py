@@ -1,4 +1,4 @@
-"""One papermill run (lora_core.execute) on the tiny quadratic notebook: parameters read
+"""One papermill run (lora_core.suite.execute) on the tiny quadratic notebook: parameters read
 from the notebook, command-line text converted to their declared types, the kernel used."""
 
 import json
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from lora_core.execute import check_parameters, coerce_value, execute_notebook, notebook_parameters
+from lora_core.suite.execute import check_parameters, coerce_value, execute_notebook, notebook_parameters
 
-NOTEBOOK = Path(__file__).parent / "data" / "quadratic.ipynb"
+NOTEBOOK = Path(__file__).parents[1] / "data" / "quadratic.ipynb"
 
 
 def test_notebook_parameters_reads_types_defaults_and_help():
@@ -46,11 +46,21 @@ def test_ill_typed_value_is_refused_with_name_value_and_type(value, declared):
 def test_kernel_spec_pointing_elsewhere_is_bypassed_for_this_interpreter(tmp_path, monkeypatch):
     spec = tmp_path / "jupyter" / "kernels" / "python3"
     spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [str(tmp_path / "missing" / "python"), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "Python elsewhere",
-        "language": "python",
-    }))
+    (spec / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [
+                    str(tmp_path / "missing" / "python"),
+                    "-m",
+                    "ipykernel_launcher",
+                    "-f",
+                    "{connection_file}",
+                ],
+                "display_name": "Python elsewhere",
+                "language": "python",
+            }
+        )
+    )
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     record = execute_notebook(NOTEBOOK, tmp_path / "run", {"x": 4}, render_html=False)
     assert record["metrics"]["loss"] == 1.0 and record["environment"]["python"] == sys.executable

@@ -2,10 +2,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import SMALL_TRAIN
 from torch import nn
 
 import lora_core as lc
-from conftest import SMALL_TRAIN
 
 
 def _lora(base, seed=0, **kw):
@@ -36,8 +36,16 @@ def test_rank1_lora_recovers_the_all_ones_shift_and_merge_matches(small_task, ba
 
 
 def test_history_records_every_epoch_and_logged_evals(small_task, base):
-    history = lc.train(_lora(base), small_task["X2"], small_task["y2"], epochs=7, eval_every=3,
-                       batch_size=64, seed=0, progress=False)
+    history = lc.train(
+        _lora(base),
+        small_task["X2"],
+        small_task["y2"],
+        epochs=7,
+        eval_every=3,
+        batch_size=64,
+        seed=0,
+        progress=False,
+    )
     frame = history.frame
     assert list(frame.index) == list(range(1, 8))
     assert list(history.eval_losses.index) == [3, 6, 7]  # the last epoch is always measured
@@ -49,12 +57,21 @@ def test_same_seed_gives_bit_identical_history(small_task, base):
     runs = []
     for _ in range(2):
         model = _lora(base, seed=3)
-        h = lc.train(model, small_task["X2"], small_task["y2"], epochs=5, batch_size=64, seed=3, progress=False)
+        h = lc.train(
+            model, small_task["X2"], small_task["y2"], epochs=5, batch_size=64, seed=3, progress=False
+        )
         runs.append((h.frame[["train_loss", "eval_loss"]], model.delta_weight().detach()))
     pd.testing.assert_frame_equal(runs[0][0], runs[1][0], check_exact=True)
     assert torch.equal(runs[0][1], runs[1][1])
-    other = lc.train(_lora(base, seed=3), small_task["X2"], small_task["y2"], epochs=5, batch_size=64,
-                     seed=4, progress=False)
+    other = lc.train(
+        _lora(base, seed=3),
+        small_task["X2"],
+        small_task["y2"],
+        epochs=5,
+        batch_size=64,
+        seed=4,
+        progress=False,
+    )
     assert not np.array_equal(other.frame["train_loss"], runs[0][0]["train_loss"])
 
 
@@ -63,8 +80,17 @@ def test_frozen_output_cache_matches_the_plain_loop(small_task, base, sampling):
     results = []
     for cache_frozen in (True, False):
         model = _lora(base, r=2)
-        h = lc.train(model, small_task["X2"], small_task["y2"], epochs=10, batch_size=64, seed=1,
-                     sampling=sampling, cache_frozen=cache_frozen, progress=False)
+        h = lc.train(
+            model,
+            small_task["X2"],
+            small_task["y2"],
+            epochs=10,
+            batch_size=64,
+            seed=1,
+            sampling=sampling,
+            cache_frozen=cache_frozen,
+            progress=False,
+        )
         results.append((h, model.delta_weight().detach()))
     (fast, d_fast), (plain, d_plain) = results
     assert fast.settings["cache_frozen"] and not plain.settings["cache_frozen"]
@@ -74,8 +100,17 @@ def test_frozen_output_cache_matches_the_plain_loop(small_task, base, sampling):
 
 def test_divergence_stops_the_run_and_keeps_the_history(small_task, base):
     model = _lora(base)
-    history = lc.train(model, small_task["X2"], small_task["y2"] * 1e30, epochs=20, batch_size=64,
-                       optimizer="sgd", lr=1e10, seed=0, progress=False)
+    history = lc.train(
+        model,
+        small_task["X2"],
+        small_task["y2"] * 1e30,
+        epochs=20,
+        batch_size=64,
+        optimizer="sgd",
+        lr=1e10,
+        seed=0,
+        progress=False,
+    )
     assert history.diverged and history.diverged_at is not None
     assert len(history.frame) == history.diverged_at < 20
     with pytest.raises(ValueError, match="NaN or Inf"):
@@ -85,8 +120,16 @@ def test_divergence_stops_the_run_and_keeps_the_history(small_task, base):
 def test_only_trainable_parameters_change(small_task, base):
     model = _lora(base)
     before = base.weight.detach().clone()
-    lc.train(model, small_task["X2"], small_task["y2"], epochs=2, batch_size=64, seed=0,
-             cache_frozen=False, progress=False)
+    lc.train(
+        model,
+        small_task["X2"],
+        small_task["y2"],
+        epochs=2,
+        batch_size=64,
+        seed=0,
+        cache_frozen=False,
+        progress=False,
+    )
     assert torch.equal(base.weight, before)
     assert model.B.abs().sum() > 0
 

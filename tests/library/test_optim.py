@@ -3,12 +3,16 @@
 import pytest
 import torch
 
-from lora_core.optim import OPTIMIZERS, lean_step, make_optimizer
+from lora_core import OPTIMIZERS, make_optimizer
+from lora_core.fast import lean_step
 
 
 def _params(seed=0):
     gen = torch.Generator().manual_seed(seed)
-    return [torch.nn.Parameter(torch.randn(7, 3, generator=gen)), torch.nn.Parameter(torch.randn(3, generator=gen))]
+    return [
+        torch.nn.Parameter(torch.randn(7, 3, generator=gen)),
+        torch.nn.Parameter(torch.randn(3, generator=gen)),
+    ]
 
 
 def _run(make, use_lean, steps=6):

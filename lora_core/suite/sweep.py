@@ -38,30 +38,28 @@ import multiprocessing
 import re
 import sys
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 import yaml
 from tqdm.auto import tqdm
 
+from ..fast.multi import config_grid
+from ..validation import check_float, check_int
 from .execute import (
     CHECKED_TYPES,
-    METRICS_FILE,
     NotebookRunError,
     check_parameters,
     execute_notebook,
     existing_notebook,
     notebook_parameters,
 )
-from .multi import config_grid
-from .reports import build_index, write_text_atomic
-from .validation import check_float, check_int
+from .reports import METRICS_FILE, SUMMARY_FILE, SWEEP_FILE, build_index, write_text_atomic
 
-SUMMARY_FILE = "summary.csv"
-SWEEP_FILE = "sweep.json"
 STATUS_COLUMNS = ["status", "error", "failed_cell", "seconds", "path"]
 
 # ---------------------------------------------------------------------------------------
@@ -138,8 +136,13 @@ def _run_config(
             notebook, folder, parameters, timeout, render_html=render_html, kernel_name=kernel_name
         )
     except NotebookRunError as err:
-        outcome = {"status": "failed", "ename": err.ename, "evalue": err.evalue,
-                   "failed_cell": err.cell_index, "failed_source": err.cell_source}
+        outcome = {
+            "status": "failed",
+            "ename": err.ename,
+            "evalue": err.evalue,
+            "failed_cell": err.cell_index,
+            "failed_source": err.cell_source,
+        }
     except Exception as err:  # recorded against this config; the sweep goes on
         outcome = {"status": "failed", "ename": type(err).__name__, "evalue": str(err)}
     else:
@@ -173,9 +176,7 @@ def run_sweep(
     if timeout is not None:
         timeout = check_float("timeout", timeout, low=0, low_inclusive=False)
     if executor is not None and not isinstance(executor, Executor):
-        raise ValueError(
-            f"executor={executor!r} is not allowed: expected a concurrent.futures.Executor"
-        )
+        raise ValueError(f"executor={executor!r} is not allowed: expected a concurrent.futures.Executor")
     grid, fixed = check_parameters(notebook, grid, dict(fixed or {}))
 
     output_dir = Path(output_dir).resolve()
@@ -242,9 +243,7 @@ def run_sweep(
     return result
 
 
-def _outcomes(
-    tasks: dict[str, tuple], jobs: int, executor: Executor | None
-) -> Iterator[tuple[str, dict]]:
+def _outcomes(tasks: dict[str, tuple], jobs: int, executor: Executor | None) -> Iterator[tuple[str, dict]]:
     """(config name, outcome) as configs finish."""
     if executor is None and jobs == 1:
         for name, task in tasks.items():
@@ -264,8 +263,12 @@ def _outcomes(
             try:
                 outcome = future.result()
             except Exception as err:  # the executor lost this config (e.g. a worker was killed)
-                outcome = {"status": "failed", "ename": type(err).__name__, "evalue": str(err),
-                           "seconds": math.nan}
+                outcome = {
+                    "status": "failed",
+                    "ename": type(err).__name__,
+                    "evalue": str(err),
+                    "seconds": math.nan,
+                }
             yield futures[future], outcome
     finally:
         if own_pool:
@@ -378,17 +381,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Run a notebook over a parameter grid with papermill, one folder per config.",
     )
     parser.add_argument("notebook", help="the notebook to run")
-    parser.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2,...",
-                        help="a grid axis (repeatable); the sweep runs every combination")
-    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                        help="a parameter fixed for every config (repeatable)")
-    parser.add_argument("-f", "--parameters-file", metavar="YAML",
-                        help="parameters in papermill's YAML style; a list value is a grid axis")
+    parser.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="NAME=V1,V2,...",
+        help="a grid axis (repeatable); the sweep runs every combination",
+    )
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a parameter fixed for every config (repeatable)",
+    )
+    parser.add_argument(
+        "-f",
+        "--parameters-file",
+        metavar="YAML",
+        help="parameters in papermill's YAML style; a list value is a grid axis",
+    )
     parser.add_argument("--output", required=True, help="the sweep folder")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="configs run at once, in separate processes")
-    parser.add_argument("--no-resume", action="store_true",
-                        help="rerun configs that already finished")
+    parser.add_argument("--jobs", type=int, default=1, help="configs run at once, in separate processes")
+    parser.add_argument("--no-resume", action="store_true", help="rerun configs that already finished")
     parser.add_argument("--timeout", type=float, help="seconds any one cell may run")
     parser.add_argument("--no-html", action="store_true", help="skip the HTML rendering of each run")
     parser.add_argument("--kernel", help="a Jupyter kernel name (default: this Python interpreter)")
@@ -397,9 +412,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Mistakes in what was asked for exit with status 2 and nothing run; failed configs, 1.
     try:
         grid, fixed = _cli_parameters(args)
-        result = run_sweep(args.notebook, grid, fixed, args.output, jobs=args.jobs,
-                           resume=not args.no_resume, timeout=args.timeout,
-                           render_html=not args.no_html, kernel_name=args.kernel)
+        result = run_sweep(
+            args.notebook,
+            grid,
+            fixed,
+            args.output,
+            jobs=args.jobs,
+            resume=not args.no_resume,
+            timeout=args.timeout,
+            render_html=not args.no_html,
+            kernel_name=args.kernel,
+        )
     except (ValueError, argparse.ArgumentTypeError, yaml.YAMLError) as err:
         parser.error(str(err))
     return 0 if result.ok else 1
@@ -438,8 +461,8 @@ def _cli_value(text: str, declared: dict[str, Any] | None) -> Any:
 
 
 if __name__ == "__main__":
-    # Through the package's module, so that worker processes pickle lora_core.sweep's
+    # Through the package's module, so that worker processes pickle lora_core.suite.sweep's
     # functions rather than __main__'s.
-    from lora_core.sweep import main as _main
+    from lora_core.suite.sweep import main as _main
 
     sys.exit(_main())

@@ -29,14 +29,15 @@ import math
 import numbers
 import os
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 
+from ..validation import check_float
 from .reports import read_json, read_metrics, write_json_atomic
-from .validation import check_float
 
 SPEC_KEYS = ("value", "rtol", "atol", "max", "min")
 TIMINGS = ("*_seconds",)  # vary from machine to machine: not baselined unless asked
@@ -87,7 +88,7 @@ def _check_spec(name: str, spec: Any) -> None:
     if unknown:
         raise BaselineError(f"metric {name!r}: unknown spec keys {unknown}; allowed: {list(SPEC_KEYS)}")
     if ("rtol" in spec or "atol" in spec) and "value" not in spec:
-        raise BaselineError(f"metric {name!r}: rtol/atol need a \"value\" to be relative to")
+        raise BaselineError(f'metric {name!r}: rtol/atol need a "value" to be relative to')
     try:
         for key in spec:
             low = 0.0 if key in ("rtol", "atol") else None
@@ -261,13 +262,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("metrics", help="a metrics.json file, or the run folder holding one")
     parser.add_argument("baseline", help="the baseline JSON file")
     parser.add_argument(
-        "--update", action="store_true",
+        "--update",
+        action="store_true",
         help="rewrite the baseline's values from this run, keeping the tolerances",
     )
     parser.add_argument("--rtol", type=float, help="with --update: rtol for metrics not yet in the baseline")
     parser.add_argument("--atol", type=float, help="with --update: atol for metrics not yet in the baseline")
     parser.add_argument(
-        "--exclude", action="append", metavar="GLOB",
+        "--exclude",
+        action="append",
+        metavar="GLOB",
         help=f"with --update: metric names not to add (repeatable; default {' '.join(TIMINGS)})",
     )
     args = parser.parse_args(argv)
@@ -292,9 +296,7 @@ def _update(args: argparse.Namespace, default_spec: dict | None) -> int:
     if path.exists():
         print("before the update:")
         print(check_metrics(args.metrics, path))
-    content = update_baseline(
-        args.metrics, path, default_spec, exclude=tuple(args.exclude or TIMINGS)
-    )
+    content = update_baseline(args.metrics, path, default_spec, exclude=tuple(args.exclude or TIMINGS))
     print(f"baseline written: {path} ({len(content['metrics'])} metrics)")
     return 0
 

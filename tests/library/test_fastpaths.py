@@ -13,8 +13,8 @@ from torch import nn
 from torch.nn import functional as F
 
 import lora_core as lc
-from lora_core.multi import _Stack
-from lora_core.training import _hand_step, _linear_step, _lora_step, full_mse
+from lora_core.fast import StackedAdapters, fast_path, linear_step, lora_step
+from lora_core.training import full_mse
 
 SCHEDULE = dict(epochs=6, batch_size=32, lr=1e-2, eval_every=3, progress=False)
 
@@ -49,10 +49,12 @@ def test_hand_written_adapter_gradients_equal_autograd(scaling):
         residual = y - layer.base(x)
     loss = F.mse_loss(layer(x), y)
     loss.backward()
-    expected = [loss.detach()] + [p.grad.clone() for p in (layer.A, layer.B, layer.scale) if p.grad is not None]
+    expected = [loss.detach()] + [
+        p.grad.clone() for p in (layer.A, layer.B, layer.scale) if p.grad is not None
+    ]
     for p in layer.parameters():
         p.grad = None
-    got = [_lora_step(layer, _NoStep())(x, residual)]
+    got = [lora_step(layer, _NoStep())(x, residual)]
     got += [p.grad for p in (layer.A, layer.B, layer.scale) if p.grad is not None]
     assert len(got) == len(expected) == (4 if scaling == "learnable" else 3)
     for g, e in zip(got, expected):
@@ -68,20 +70,27 @@ def test_hand_written_linear_gradients_equal_autograd(bias):
     loss.backward()
     expected = [loss.detach()] + [p.grad.clone() for p in linear.parameters()]
     linear.zero_grad(set_to_none=True)
-    got = [_linear_step(linear, _NoStep())(x, y)] + [p.grad for p in linear.parameters()]
+    got = [linear_step(linear, _NoStep())(x, y)] + [p.grad for p in linear.parameters()]
     for g, e in zip(got, expected):
         assert torch.allclose(g, e, rtol=1e-5, atol=1e-6)
 
 
 def test_stacked_gradients_equal_autograd_per_config():
-    settings = [(2, "standard"), (1, "learnable"), (2, "rslora"), (3, "standard"), (2, "learnable"), (1, "standard")]
+    settings = [
+        (2, "standard"),
+        (1, "learnable"),
+        (2, "rslora"),
+        (3, "standard"),
+        (2, "learnable"),
+        (1, "standard"),
+    ]
     layers = [_layer(r=r, seed=s, scaling=sc) for s, (r, sc) in enumerate(settings)]
     for layer in layers[1:]:
         layer.base = layers[0].base
     x, y = torch.randn(32, 17), torch.randn(32, 13)
     with torch.no_grad():
         residual = y - layers[0].base(x)
-    stack = _Stack(layers)
+    stack = StackedAdapters(layers)
     losses = stack.set_grads(x, residual)
     dA = stack.A.grad
     for k, layer in enumerate(layers):
@@ -104,15 +113,20 @@ def _frames_close(a, b, rtol=1e-4):
 
 @pytest.mark.parametrize(
     "scaling, optimizer, sampling",
-    [("standard", "adam", "with_replacement"), ("rslora", "adamw", "shuffle"), ("learnable", "sgd", "with_replacement")],
+    [
+        ("standard", "adam", "with_replacement"),
+        ("rslora", "adamw", "shuffle"),
+        ("learnable", "sgd", "with_replacement"),
+    ],
 )
 def test_fast_adapter_training_equals_the_plain_loop(scaling, optimizer, sampling):
     X, y = _task()
     runs = []
     for cache_frozen in (True, False):
         layer = _layer(r=2, scaling=scaling)
-        history = lc.train(layer, X, y, seed=3, optimizer=optimizer, sampling=sampling,
-                           cache_frozen=cache_frozen, **SCHEDULE)
+        history = lc.train(
+            layer, X, y, seed=3, optimizer=optimizer, sampling=sampling, cache_frozen=cache_frozen, **SCHEDULE
+        )
         runs.append((history, layer))
     (fast, fast_layer), (plain, plain_layer) = runs
     assert fast.settings["cache_frozen"] and not plain.settings["cache_frozen"]
@@ -137,16 +151,22 @@ def test_fast_pretraining_equals_the_plain_loop(bias):
 
 def test_hand_step_applies_only_to_the_blogs_two_models():
     opt = _NoStep()
-    assert _hand_step(nn.Linear(4, 3), opt) is not None
-    assert _hand_step(_layer(), opt) is not None
-    assert _hand_step(_layer(lora_dropout=0.1), opt) is None  # dropout: autograd on the cached residual
+
+    def hand_step(model, d_in=17, d_out=13):
+        path = fast_path(model, torch.randn(5, d_in), torch.randn(5, d_out), opt)
+        return None if path is None else path.step
+
+    assert hand_step(nn.Linear(4, 3), 4, 3) is not None
+    assert hand_step(_layer()) is not None
+    assert hand_step(_layer(lora_dropout=0.1)) is None  # dropout: autograd on the cached residual
+    assert fast_path(_layer(lora_dropout=0.1), torch.randn(5, 17), torch.randn(5, 13), opt).frozen_cached
     partly_frozen = nn.Linear(4, 3)
     partly_frozen.bias.requires_grad_(False)
-    assert _hand_step(partly_frozen, opt) is None
-    assert _hand_step(nn.Sequential(nn.Linear(4, 3)), opt) is None
+    assert hand_step(partly_frozen, 4, 3) is None
+    assert hand_step(nn.Sequential(nn.Linear(4, 3)), 4, 3) is None
     merged = _layer()
     merged.merge()
-    assert _hand_step(merged, opt) is None
+    assert hand_step(merged) is None
 
 
 def test_a_lora_layer_with_a_trainable_base_is_not_cached():
@@ -163,12 +183,16 @@ def test_train_many_equals_each_config_in_the_plain_loop():
     X, y = _task()
     torch.manual_seed(0)
     base = nn.Linear(17, 13, bias=False)
-    configs = lc.config_grid(r=[1, 4], lora_alpha=[2.0], scaling=["standard", "learnable"]) + [{"r": 2, "lora_alpha": 8.0}]
+    configs = lc.config_grid(r=[1, 4], lora_alpha=[2.0], scaling=["standard", "learnable"]) + [
+        {"r": 2, "lora_alpha": 8.0}
+    ]
     runs = lc.train_many(base, X, y, configs, seed=7, optimizer="adamw", sampling="shuffle", **SCHEDULE)
     for run in runs:
         lc.seed_everything(7)
         alone = lc.LoRALinear(base, **run.config)
-        history = lc.train(alone, X, y, seed=7, optimizer="adamw", sampling="shuffle", cache_frozen=False, **SCHEDULE)
+        history = lc.train(
+            alone, X, y, seed=7, optimizer="adamw", sampling="shuffle", cache_frozen=False, **SCHEDULE
+        )
         _frames_close(run.history, history)
         assert torch.allclose(run.layer.delta_weight(), alone.delta_weight(), rtol=1e-4, atol=1e-5)
 
@@ -203,15 +227,19 @@ def test_train_many_losses_survive_the_cancellation_of_a_good_fit():
     target = X @ torch.ones(31, 29) + 0.01 * torch.randn(3000, 29)
     base = nn.Linear(31, 29, bias=False)
     # Ranks interleaved, so the stack's grouping by rank reorders the configs.
-    layers = [lc.LoRALinear(base, r=r, lora_alpha=a, scaling=sc)
-              for a in (1.0, 5.0) for sc in ("standard", "learnable") for r in (3, 1)]
+    layers = [
+        lc.LoRALinear(base, r=r, lora_alpha=a, scaling=sc)
+        for a in (1.0, 5.0)
+        for sc in ("standard", "learnable")
+        for r in (3, 1)
+    ]
     for layer in layers:
         with torch.no_grad():
             layer.A.zero_()
             layer.A[:, 0] = 1 + 1e-4 * torch.randn(31)
             layer.B.copy_(1e-5 * torch.randn_like(layer.B))
             layer.B[0] += 1 / layer.scale
-    stack = _Stack(layers)
+    stack = StackedAdapters(layers)
     got = stack.full_losses(X, target)
     x, t = X[:128], target[:128]  # one minibatch: the step's loss expands the same way
     step = stack.set_grads(x, t).numpy()

@@ -30,12 +30,14 @@ import platform
 import subprocess
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import quote
 
 METRICS_FILE = "metrics.json"
-SUMMARY_FILE = "summary.csv"
+SUMMARY_FILE = "summary.csv"  # a sweep folder's table, one row per config
+SWEEP_FILE = "sweep.json"  # a sweep folder's record of what was asked for
 BASELINES_DIR = "baselines"
 INDEX_FILE = "index.html"
 FIGURE_DPI = 150  # sharp enough for slides and blog posts, small enough to commit by mistake
@@ -143,7 +145,7 @@ def _package_version() -> str | None:
         return metadata.version("lora_core")
     except metadata.PackageNotFoundError:
         # Running from a checkout that was never pip-installed.
-        package = sys.modules.get(__package__ or "lora_core")
+        package = sys.modules.get("lora_core")
         return getattr(package, "__version__", None)
 
 
@@ -239,9 +241,7 @@ def save_figure(fig: Any, output_dir: str | os.PathLike, name: str) -> Path:
     return path
 
 
-def render_html(
-    notebook_path: str | os.PathLike, html_path: str | os.PathLike | None = None
-) -> Path:
+def render_html(notebook_path: str | os.PathLike, html_path: str | os.PathLike | None = None) -> Path:
     """Render an executed notebook as one self-contained HTML file; returns its path.
 
     Figures in outputs are already base64 in the notebook; images that markdown cells
@@ -301,8 +301,7 @@ def _report_folders(root: Path) -> list[Path]:
         # Sorted in place so os.walk descends in a stable order; hidden folders
         # (.ipynb_checkpoints) and the baselines are not runs.
         subfolders[:] = sorted(
-            d for d in subfolders
-            if not d.startswith(".") and not (folder == root and d == BASELINES_DIR)
+            d for d in subfolders if not d.startswith(".") and not (folder == root and d == BASELINES_DIR)
         )
         if METRICS_FILE in files or SUMMARY_FILE in files:
             found.append(folder)
@@ -340,6 +339,7 @@ def _run_entry(folder: Path, root: Path) -> dict:
 
 def _links(folder: Path, root: Path) -> list[tuple[str, str]]:
     """(label, relative href) pairs for the files a reader wants to open."""
+
     def href(path: Path) -> str:
         return quote(path.relative_to(root).as_posix())
 
@@ -383,17 +383,15 @@ def _format_number(value: Any) -> str:
 
 def _entry_cells(entry: dict) -> str:
     esc = html.escape
-    metrics = "<br>".join(
-        f"{esc(str(k))} = {esc(_format_number(v))}" for k, v in entry["metrics"].items()
-    )
+    metrics = "<br>".join(f"{esc(str(k))} = {esc(_format_number(v))}" for k, v in entry["metrics"].items())
     if entry["note"]:
         metrics = f'<span class="note">{esc(entry["note"])}</span>'
     links = " · ".join(f'<a href="{h}">{esc(label)}</a>' for label, h in entry["links"])
     first = entry["links"][0][1] if entry["links"] else quote(entry["folder"])
     return (
         f'<td><a href="{first}">{esc(entry["folder"])}</a></td>'
-        f'<td>{esc(entry["notebook"])}</td>'
-        f'<td>{entry["date"].strftime("%Y-%m-%d %H:%M")}</td>'
+        f"<td>{esc(entry['notebook'])}</td>"
+        f"<td>{entry['date'].strftime('%Y-%m-%d %H:%M')}</td>"
         f"<td>{metrics}</td><td>{links}</td>"
     )
 
@@ -405,7 +403,7 @@ def _index_page(runs: list[dict], sweeps: list[dict]) -> str:
     for sweep in sweeps:
         inner = "\n".join(f"<tr>{_entry_cells(e)}</tr>" for e in sweep["runs"])
         details = (
-            f'<details><summary>{html.escape(sweep["configs"])}</summary>'
+            f"<details><summary>{html.escape(sweep['configs'])}</summary>"
             f"<table>{head}\n{inner}</table></details>"
         )
         sweep_rows.append(f"<tr>{_entry_cells(sweep)}</tr><tr><td colspan=5>{details}</td></tr>")

@@ -14,7 +14,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from lora_core import reports
+from lora_core.suite import reports
 
 
 def _files(folder):
@@ -26,7 +26,9 @@ def _files(folder):
 
 def test_write_metrics_round_trips_through_read_metrics(tmp_path):
     path = reports.write_metrics(
-        tmp_path, "01_rank1_recovery", {"r": 1, "lr": 1e-3},
+        tmp_path,
+        "01_rank1_recovery",
+        {"r": 1, "lr": 1e-3},
         {"final_loss": np.float32(0.5), "delta_mean": torch.tensor(0.9999), "count": 2001},
         environment={"torch": "x"},
     )
@@ -162,8 +164,11 @@ def _run(folder, notebook, metrics, timestamp="2024-05-01T10:00:00+00:00"):
 @pytest.fixture()
 def reports_root(tmp_path):
     root = tmp_path / "reports"
-    _run(root / "01_run", "01_rank1_recovery",
-         {"lora_final_loss": 0.0013, "train_seconds": 12.0, "delta_mean": 0.9999})
+    _run(
+        root / "01_run",
+        "01_rank1_recovery",
+        {"lora_final_loss": 0.0013, "train_seconds": 12.0, "delta_mean": 0.9999},
+    )
     sweep = root / "alpha_sweep"
     sweep.mkdir(parents=True)
     (sweep / "summary.csv").write_text("r,lora_alpha,status\n1,1,ok\n2,1,failed\n")

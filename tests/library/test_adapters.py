@@ -24,7 +24,7 @@ def _model(r=2, **kw):
 def _randomise(model, seed):
     torch.manual_seed(seed)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.requires_grad:
                 p.normal_()
 
@@ -39,8 +39,13 @@ def test_round_trip_restores_outputs_and_writes_no_pickle(tmp_path):
     config = json.loads((folder / "adapter_config.json").read_text())
     assert config["name"] == "task-a" and config["r"] == 2 and config["lora_alpha"] == 3.0
     assert config["modules"]["2"] == {
-        "in_features": 5, "out_features": 4, "r": 2, "lora_alpha": 3.0,
-        "init": "gaussian", "scaling": "standard", "lora_dropout": 0.0,
+        "in_features": 5,
+        "out_features": 4,
+        "r": 2,
+        "lora_alpha": 3.0,
+        "init": "gaussian",
+        "scaling": "standard",
+        "lora_dropout": 0.0,
     }
     fresh = _model(lora_alpha=3.0)
     assert not torch.allclose(fresh(x), expected)

@@ -5,7 +5,7 @@ the same data. Trained one by one, each repeats the same minibatch gathers and p
 per-step overhead again. Here every config sees the same minibatch sequence in one
 batched step: all configs share one x·A product (their A side by side), configs of equal
 rank are stacked and multiplied with one ``bmm``, each config's gradient is written by
-hand from its own loss alone (``_Stack.set_grads``: the formulas of ``train``'s fast
+hand from its own loss alone (``StackedAdapters.set_grads``: the formulas of ``train``'s fast
 path, rearranged so that no config's (batch, d_out) residual is ever formed) and Adam,
 being elementwise, updates each config as if it were alone. Each config's History
 therefore equals training it alone with ``train`` and the same seed, up to float rounding.
@@ -21,19 +21,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .layer import LoRALinear
-from .optim import lean_step, make_optimizer
-from .training import (
-    EVAL_CHUNK,
-    History,
-    _Recorder,
-    batch_indices,
-    check_data,
-    check_schedule,
-    frozen_residual,
-    resolve_device,
-    seed_everything,
-)
+# The module, not its names: training imports this package for its fast path, so its
+# names are looked up when train_many runs, not while the two modules load.
+from .. import training
+from ..layer import LoRALinear
+from .optim import lean_step
+from .steps import EVAL_CHUNK, frozen_residual
 
 CONFIG_KEYS = ("r", "lora_alpha", "scaling", "init")
 
@@ -48,7 +41,7 @@ class AdapterRun:
 
     config: dict
     layer: LoRALinear
-    history: History
+    history: training.History
 
 
 def config_grid(**axes) -> list[dict]:
@@ -57,7 +50,7 @@ def config_grid(**axes) -> list[dict]:
     return [dict(zip(names, values)) for values in itertools.product(*axes.values())]
 
 
-class _Stack:
+class StackedAdapters:
     """Every config's adapter side by side, as one wide LoRA.
 
     Config k owns columns ``cols[k]`` of A (d_in, Σr) and the same rows of B (Σr, d_out);
@@ -218,13 +211,13 @@ def train_many(
     is the shared wall time of the joint loop.
     """
     configs = _check_configs(configs, base)
-    check_data(X, y)
-    settings = check_schedule(X.shape[0], epochs, batch_size, lr, eval_every, optimizer, sampling)
+    training.check_data(X, y)
+    settings = training.check_schedule(X.shape[0], epochs, batch_size, lr, eval_every, optimizer, sampling)
     layers = []
     for cfg in configs:
-        seed_everything(seed)
+        training.seed_everything(seed)
         layers.append(LoRALinear(base, **cfg))
-    dev = resolve_device(device)
+    dev = training.resolve_device(device)
     base.to(dev)
     layers = [layer.to(dev) for layer in layers]
     X, y = X.to(dev), y.to(dev)
@@ -235,17 +228,17 @@ def train_many(
         )
 
     target = frozen_residual(base, X, y)  # as in `train`'s fast path
-    stack = _Stack(layers)
-    update = lean_step(make_optimizer(settings["optimizer"], stack.parameters(), settings["lr"]))
+    stack = StackedAdapters(layers)
+    update = lean_step(training.make_optimizer(settings["optimizer"], stack.parameters(), settings["lr"]))
     recorders = [
-        _Recorder({**settings, **cfg, "seed": seed, "device": str(dev), "joint": len(configs)})
+        training.Recorder({**settings, **cfg, "seed": seed, "device": str(dev), "joint": len(configs)})
         for cfg in configs
     ]
     gen = torch.Generator().manual_seed(seed)
     n, steps = X.shape[0], X.shape[0] // settings["batch_size"]
     running = np.ones(len(configs), dtype=bool)
     for epoch in tqdm(range(1, settings["epochs"] + 1), desc="epochs", disable=not progress, leave=False):
-        idx = batch_indices(n, steps, settings["batch_size"], settings["sampling"], gen).to(dev)
+        idx = training.batch_indices(n, steps, settings["batch_size"], settings["sampling"], gen).to(dev)
         epoch_losses = torch.zeros(len(configs), dtype=torch.float64, device=dev)
         for rows in idx:
             epoch_losses += stack.set_grads(X.index_select(0, rows), target.index_select(0, rows))

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import nbformat
 import pytest
-
-import lora_core as lc
-from lora_core.regression import check_metrics
 from conftest import image_outputs, printed_text
 
-REPO = Path(__file__).resolve().parents[1]
+from lora_core import suite
+from lora_core.suite.regression import check_metrics
+
+REPO = Path(__file__).resolve().parents[2]
 NOTEBOOKS = REPO / "notebooks"
 BASELINES = REPO / "reports" / "baselines"
 NOTEBOOK01 = NOTEBOOKS / "01_rank1_recovery.ipynb"
@@ -37,12 +37,21 @@ BAD_RANK = 100  # more than the small layer's 64 outputs: notebook 01 refuses it
 # The same configs by the in-notebook route, for 04 to compare the two routes.
 SMALL_SAME_CONFIGS = dict(SMALL_DATA, ranks="1, 2", lora_alphas="1, 8", scalings="standard")
 FIGURES = {
-    "02_rank_sweep": ("loss_curves", "delta_error_vs_r", "final_loss_vs_r", "delta_grid",
-                      "delta_error_grid", "singular_values"),
-    "03_alpha_sweep": ("final_loss_heatmap", "loss_curves_standard", "loss_curves_rslora",
-                       "final_loss_vs_scale"),
-    "04_sweep_report": ("metric_heatmap", "loss_curves", "delta_grid", "delta_error_grid",
-                        "singular_values"),
+    "02_rank_sweep": (
+        "loss_curves",
+        "delta_error_vs_r",
+        "final_loss_vs_r",
+        "delta_grid",
+        "delta_error_grid",
+        "singular_values",
+    ),
+    "03_alpha_sweep": (
+        "final_loss_heatmap",
+        "loss_curves_standard",
+        "loss_curves_rslora",
+        "final_loss_vs_scale",
+    ),
+    "04_sweep_report": ("metric_heatmap", "loss_curves", "delta_grid", "delta_error_grid", "singular_values"),
 }
 
 
@@ -55,7 +64,7 @@ def kernel_env(tmp_path_factory):
 
 
 def run(stem, output_dir, **parameters):
-    return lc.execute_notebook(NOTEBOOKS / f"{stem}.ipynb", output_dir, parameters, render_html=False)
+    return suite.execute_notebook(NOTEBOOKS / f"{stem}.ipynb", output_dir, parameters, render_html=False)
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +90,7 @@ def small_sweep(kernel_env, tmp_path_factory):
         pytest.skip("notebooks/01_rank1_recovery.ipynb is not there yet: no sweep of it to report on")
     out = tmp_path_factory.mktemp("sweep") / "01_r_x_alpha"
     grid = {"r": [*SMALL_SWEEP_GRID["r"], BAD_RANK], "lora_alpha": SMALL_SWEEP_GRID["lora_alpha"]}
-    result = lc.run_sweep(NOTEBOOK01, grid, SMALL_DATA, out, jobs=2, render_html=False, progress=False)
+    result = suite.run_sweep(NOTEBOOK01, grid, SMALL_DATA, out, jobs=2, render_html=False, progress=False)
     assert list(result.summary["status"]) == ["ok"] * 4 + ["failed"] * 2
     return out
 
@@ -92,7 +101,6 @@ def small_report(small_sweep, tmp_path_factory):
     run("03_alpha_sweep", in_notebook, **SMALL_SAME_CONFIGS)
     out = tmp_path_factory.mktemp("report")
     return out, run("04_sweep_report", out, sweep_dir=str(small_sweep), compare_with=str(in_notebook))
-
 
 
 def assert_figures_inline_and_saved(stem, out):
@@ -153,7 +161,9 @@ def test_rank_below_k_cannot_recover_the_shift_and_rank_k_or_more_does(small_run
 def test_alpha_sweep_marks_diverged_configs_instead_of_dropping_them(small_runs):
     out, record = small_runs("03_alpha_sweep")
     metrics = record["metrics"]
-    flags = {name[len("diverged_"):]: value for name, value in metrics.items() if name.startswith("diverged_")}
+    flags = {
+        name[len("diverged_") :]: value for name, value in metrics.items() if name.startswith("diverged_")
+    }
     assert len(flags) == metrics["configs"] == 30  # 2 scalings × 3 ranks × 5 alphas, none dropped
     diverged = [config for config, flag in flags.items() if flag]
     assert 0 < len(diverged) == metrics["configs_diverged"] < len(flags)
@@ -190,10 +200,11 @@ def test_sweep_report_lists_failed_configs_with_their_error(small_report):
     out, record = small_report
     metrics = record["metrics"]
     assert (metrics["configs"], metrics["configs_ok"], metrics["configs_failed"]) == (6, 4, 2)
-    assert metrics[f"lora_final_loss_r{BAD_RANK}_lora_alpha1"] is None
+    assert metrics[f"lora_final_loss_r{BAD_RANK}_alpha1"] is None
     executed = nbformat.read(out / "04_sweep_report.ipynb", as_version=4)
     tables = "".join(
-        output.get("data", {}).get("text/html", "") for cell in executed.cells
+        output.get("data", {}).get("text/html", "")
+        for cell in executed.cells
         for output in cell.get("outputs", [])
     )
     assert "failed" in tables and f"r={BAD_RANK} is not allowed" in tables
@@ -212,7 +223,7 @@ def test_sweep_report_lists_failed_configs_with_their_error(small_report):
     ],
 )
 def test_a_bad_parameter_stops_the_run_naming_it(kernel_env, tmp_path, stem, name, value):
-    with pytest.raises(lc.NotebookRunError) as caught:
+    with pytest.raises(suite.NotebookRunError) as caught:
         run(stem, tmp_path, **{**SMALL.get(stem, {}), name: value})
     error = caught.value
     assert error.ename == "ValueError"

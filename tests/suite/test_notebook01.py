@@ -12,13 +12,13 @@ from pathlib import Path
 import nbformat
 import pytest
 import torch
-
-import lora_core as lc
-from lora_core.execute import NotebookRunError, execute_notebook
-from lora_core.regression import check_metrics
 from conftest import image_outputs, printed_text
 
-REPO = Path(__file__).resolve().parents[1]
+import lora_core as lc
+from lora_core.suite.execute import NotebookRunError, execute_notebook
+from lora_core.suite.regression import check_metrics
+
+REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO / "notebooks" / "01_rank1_recovery.ipynb"
 BASELINES = REPO / "reports" / "baselines"
 # The blog's experiment shrunk to d_in 65, d_out 64: it converges to ΔΘ ≈ 1 in seconds.
@@ -43,7 +43,6 @@ def small_run(fresh_cache, tmp_path_factory):
 
 def without_timings(metrics):
     return {name: value for name, value in metrics.items() if not name.endswith("_seconds")}
-
 
 
 def validation_cell_index():

@@ -155,4 +155,3 @@ def test_matches_peft_lora_layer_with_the_same_factors():
         proj.lora_B["default"].weight.copy_(ours.B.T)
     x = torch.randn(5, 11)
     assert torch.allclose(model(x), ours(x), atol=1e-5)
-

@@ -16,7 +16,8 @@ Matrices and curves may be torch tensors (any device or dtype) or numpy arrays.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -27,7 +28,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import MaxNLocator
 
-from .validation import check_choice, check_int
+from ..validation import check_choice, check_int
 
 DIVERGING = "RdBu_r"  # red > 0 > blue, white at zero: the sign of an update reads at a glance
 SEQUENTIAL = "viridis"  # perceptually uniform for losses and errors
@@ -43,9 +44,7 @@ def _array(name: str, x: Any, ndim: int) -> np.ndarray:
         x = x.detach().cpu().double().numpy()
     array = np.asarray(x, dtype=float)
     if array.ndim != ndim or array.size == 0:
-        raise ValueError(
-            f"{name} of shape {array.shape} is not allowed: expected a non-empty {ndim}-D array"
-        )
+        raise ValueError(f"{name} of shape {array.shape} is not allowed: expected a non-empty {ndim}-D array")
     return array
 
 
@@ -129,8 +128,14 @@ def plot_loss_curves(
         series = _series(f"reference[{label!r}]", points)
         colour = colours.get(label, f"C{len(curves) + j}")
         ax.plot(
-            series.index, series.to_numpy(), linestyle="none", marker="o", markersize=8,
-            markerfacecolor="none", markeredgecolor=colour, markeredgewidth=1.5,
+            series.index,
+            series.to_numpy(),
+            linestyle="none",
+            marker="o",
+            markersize=8,
+            markerfacecolor="none",
+            markeredgecolor=colour,
+            markeredgewidth=1.5,
             label=f"{label} (published)",
         )
     if logy:
@@ -204,9 +209,7 @@ def plot_delta_heatmap(
     return fig
 
 
-def plot_singular_values(
-    deltas: Mapping[str, Any], top: int | None = None, logy: bool = True
-) -> Figure:
+def plot_singular_values(deltas: Mapping[str, Any], top: int | None = None, logy: bool = True) -> Figure:
     """Singular values of each ΔΘ, largest first: a rank-k update shows k values, then a cliff.
 
     A ΔΘ with non-finite entries (a diverged run) has no singular values; it keeps its
@@ -255,7 +258,7 @@ def plot_delta_grid(
     fig = _new_figure(figsize=(3.4 * ncols + 1.2, 3.1 * nrows + 0.7), layout="constrained")
     grid = fig.subplots(nrows, ncols, squeeze=False)
     used = grid.flat[: len(matrices)]
-    for ax in grid.flat[len(matrices):]:
+    for ax in grid.flat[len(matrices) :]:
         fig.delaxes(ax)
     shared = _symmetric_limit(*matrices.values())
     for n, (ax, (label, matrix)) in enumerate(zip(used, matrices.items())):
@@ -306,9 +309,7 @@ def plot_metric_heatmap(
             f"(e.g. df.groupby([{index!r}, {columns!r}], as_index=False).mean())"
         )
     flags = df[diverged].eq(True) if diverged is not None else False
-    cells = df.assign(
-        _value=pd.to_numeric(df[values], errors="coerce"), _present=1.0, _diverged=flags
-    )
+    cells = df.assign(_value=pd.to_numeric(df[values], errors="coerce"), _present=1.0, _diverged=flags)
     grid = cells.pivot(index=index, columns=columns, values="_value")
     present = cells.pivot(index=index, columns=columns, values="_present").notna().to_numpy()
     flagged = cells.pivot(index=index, columns=columns, values="_diverged").eq(True).to_numpy()
@@ -396,8 +397,13 @@ def plot_metric_vs(
             missing_any = True
             # x in data units, y at the top edge of the axes: visible whatever the scale.
             ax.plot(
-                xs[~finite], np.full((~finite).sum(), 0.97), linestyle="none", marker="x",
-                markersize=9, color=f"C{i}", transform=ax.get_xaxis_transform(),
+                xs[~finite],
+                np.full((~finite).sum(), 0.97),
+                linestyle="none",
+                marker="x",
+                markersize=9,
+                color=f"C{i}",
+                transform=ax.get_xaxis_transform(),
             )
     if reference is not None:
         ref = pd.Series(reference, dtype=float).sort_index()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,10 @@ def quick_run(tmp_path_factory):
     proc = subprocess.run(
         # Passive OpenMP waiting keeps the run to seconds when other processes share the cores.
         [sys.executable, "-m", "benchmarks.run", "--quick", "--omp-passive", "--output", str(output)],
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     return proc, output
 
@@ -34,8 +37,13 @@ def test_every_variant_computes_the_same_losses_and_gradients(quick_run):
     record = json.loads((output / "benchmark.json").read_text())
     checks = record["checks"]
     names = " ".join(c["check"] for c in checks)
-    for variant in ("lora_core LoRALinear", "lora_core fast path", "lora_core train_many step",
-                    "seed-style", "full fine-tuning"):
+    for variant in (
+        "lora_core LoRALinear",
+        "lora_core fast path",
+        "lora_core train_many step",
+        "seed-style",
+        "full fine-tuning",
+    ):
         assert variant in names
     for peer in ("loralib", "PEFT"):  # optional: checked when importable, else noted
         assert peer in names or any(peer.lower() in note.lower() for note in record["notes"])
@@ -62,6 +70,11 @@ def test_reports_hold_every_part_and_ratio(quick_run):
 
 
 def test_unknown_parts_are_refused():
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--only", "stepp"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--only", "stepp"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "--only='stepp' is not allowed" in proc.stderr

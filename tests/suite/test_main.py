@@ -3,7 +3,7 @@ the run and the index wherever --reports points and checks the committed baselin
 
 import pytest
 
-from lora_core.__main__ import main
+from lora_core.suite.reproduce import main
 
 SMALL = ["n=512", "d_in=65", "d_out=64", "epochs=60", "batch_size=64", "lr=3e-2"]
 
@@ -15,7 +15,16 @@ def args(tmp_path, monkeypatch):
 
     def build(*params):
         chosen = [arg for p in [*SMALL, *params] for arg in ("--param", p)]
-        return ["reproduce", "--only", "01_rank1_recovery", "--reports", str(reports), "--baselines", "small", *chosen]
+        return [
+            "reproduce",
+            "--only",
+            "01_rank1_recovery",
+            "--reports",
+            str(reports),
+            "--baselines",
+            "small",
+            *chosen,
+        ]
 
     return reports, build
 

@@ -45,20 +45,50 @@ def test_float64_configs_equal_training_them_alone_in_float64():
 
 def test_learnable_scale_trains_and_fixed_scales_stay(lowrank_task):
     base, X2, y2 = lowrank_task
-    runs = lc.train_many(base, X2, y2, [{"r": 2, "scaling": "learnable", "lora_alpha": 2.0},
-                                         {"r": 2, "scaling": "rslora", "lora_alpha": 2.0}],
-                         seed=0, progress=False, optimizer="adamw", **SCHEDULE)
+    runs = lc.train_many(
+        base,
+        X2,
+        y2,
+        [
+            {"r": 2, "scaling": "learnable", "lora_alpha": 2.0},
+            {"r": 2, "scaling": "rslora", "lora_alpha": 2.0},
+        ],
+        seed=0,
+        progress=False,
+        optimizer="adamw",
+        **SCHEDULE,
+    )
     assert runs[0].layer.scale.item() != pytest.approx(1.0)
     assert runs[1].layer.scale.item() == pytest.approx(2.0 / 2**0.5)
 
 
 def test_a_diverging_config_is_recorded_and_the_others_go_on(lowrank_task):
     base, X2, y2 = lowrank_task
-    runs = lc.train_many(base, X2, y2 * 1e30, [{"r": 1}, {"r": 2}], seed=0, progress=False,
-                         epochs=5, batch_size=64, lr=1e10, optimizer="sgd")
+    runs = lc.train_many(
+        base,
+        X2,
+        y2 * 1e30,
+        [{"r": 1}, {"r": 2}],
+        seed=0,
+        progress=False,
+        epochs=5,
+        batch_size=64,
+        lr=1e10,
+        optimizer="sgd",
+    )
     assert all(run.history.diverged for run in runs)
-    runs = lc.train_many(base, X2, y2, [{"r": 1, "lora_alpha": 1e4}, {"r": 1, "lora_alpha": 1.0}],
-                         seed=0, progress=False, optimizer="sgd", epochs=5, batch_size=64, lr=1e-3)
+    runs = lc.train_many(
+        base,
+        X2,
+        y2,
+        [{"r": 1, "lora_alpha": 1e4}, {"r": 1, "lora_alpha": 1.0}],
+        seed=0,
+        progress=False,
+        optimizer="sgd",
+        epochs=5,
+        batch_size=64,
+        lr=1e-3,
+    )
     assert runs[0].history.diverged and not runs[1].history.diverged
     assert len(runs[1].history.frame) == 5 and np.isfinite(runs[1].history.final_loss)
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from lora_core.sweep import config_name, load_sweep, run_sweep
+from lora_core.suite.sweep import config_name, load_sweep, run_sweep
 
-NOTEBOOK = Path(__file__).parent / "data" / "quadratic.ipynb"
-REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK = Path(__file__).parents[1] / "data" / "quadratic.ipynb"
+REPO = Path(__file__).resolve().parents[2]
 GRID = {"x": [1, 3], "repeats": [1, 2]}
 
 
@@ -93,7 +93,12 @@ def test_tiny_grid_runs_every_config_into_its_own_folder(finished):
     assert result.ok and list(summary["status"]) == ["ok"] * 4
     assert list(zip(summary["x"], summary["repeats"])) == [(1.0, 1), (1.0, 2), (3.0, 1), (3.0, 2)]
     assert list(summary["loss"]) == [(x - 3) ** 2 for x in summary["x"]]
-    assert list(summary["path"]) == ["x=1.0__repeats=1", "x=1.0__repeats=2", "x=3.0__repeats=1", "x=3.0__repeats=2"]
+    assert list(summary["path"]) == [
+        "x=1.0__repeats=1",
+        "x=1.0__repeats=2",
+        "x=3.0__repeats=1",
+        "x=3.0__repeats=2",
+    ]
     for name in summary["path"]:
         assert {p.name for p in (folder / name).iterdir()} == {"quadratic.ipynb", "metrics.json"}
     assert without_seconds(load_sweep(folder)).equals(without_seconds(summary))
@@ -168,12 +173,16 @@ def test_killed_sweep_is_readable_and_finishes_the_rest_on_restart(tmp_path):
 
 
 def test_each_kind_of_failure_is_recorded_and_the_others_go_on(tmp_path):
-    result = sweep(tmp_path / "failures", {"mode": ["crash", "sleep", "silent", "ok"]}, {"x": 1000}, timeout=1)
+    result = sweep(
+        tmp_path / "failures", {"mode": ["crash", "sleep", "silent", "ok"]}, {"x": 1000}, timeout=1
+    )
     summary = result.summary.set_index("mode")
     assert summary.loc["crash", "error"].startswith("DeadKernelError")
     assert summary.loc["sleep", "error"].startswith("CellTimeoutError")
     assert summary.loc["silent", "error"].startswith("MissingMetrics")
-    assert summary.loc["crash", "failed_cell"] == summary.loc["sleep", "failed_cell"] == cell_index("os._exit")
+    assert (
+        summary.loc["crash", "failed_cell"] == summary.loc["sleep", "failed_cell"] == cell_index("os._exit")
+    )
     # A diverged run finished: it is ok, and says it diverged.
     assert summary.loc["ok", "status"] == "ok" and summary.loc["ok", "diverged"] == True  # noqa: E712
     assert not result.ok and [f["config"]["mode"] for f in result.failed] == ["crash", "sleep", "silent"]
@@ -181,8 +190,21 @@ def test_each_kind_of_failure_is_recorded_and_the_others_go_on(tmp_path):
 
 def test_command_line_reports_a_failing_cell_and_exits_non_zero(tmp_path):
     (tmp_path / "grid.yaml").write_text("x: [1, 2]\nlabel: from a file\n")
-    command = [sys.executable, "-m", "lora_core.sweep", str(NOTEBOOK), "-f", str(tmp_path / "grid.yaml"),
-               "--param", "fail_when=2", "--grid", "repeats=1", "--output", str(tmp_path / "cli"), "--no-html"]
+    command = [
+        sys.executable,
+        "-m",
+        "lora_core.suite.sweep",
+        str(NOTEBOOK),
+        "-f",
+        str(tmp_path / "grid.yaml"),
+        "--param",
+        "fail_when=2",
+        "--grid",
+        "repeats=1",
+        "--output",
+        str(tmp_path / "cli"),
+        "--no-html",
+    ]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1, done.stderr
     assert "raise ValueError" in done.stdout  # the failing cell's source, in the summary
@@ -192,11 +214,14 @@ def test_command_line_reports_a_failing_cell_and_exits_non_zero(tmp_path):
     failed = summary.iloc[1]
     assert failed["error"] == "ValueError: x=2.0 was asked to fail"
     assert failed["failed_cell"] == cell_index("raise ValueError")
-    assert set(summary["label"]) == {"from a file"} and list(summary["path"]) == ["x=1.0__repeats=1", "x=2.0__repeats=1"]
+    assert set(summary["label"]) == {"from a file"} and list(summary["path"]) == [
+        "x=1.0__repeats=1",
+        "x=2.0__repeats=1",
+    ]
 
 
 def test_command_line_refuses_an_unknown_parameter(tmp_path, capsys):
-    from lora_core.sweep import main
+    from lora_core.suite.sweep import main
 
     with pytest.raises(SystemExit) as exit_info:
         main([str(NOTEBOOK), "--grid", "rank=1,2", "--output", str(tmp_path / "cli")])
@@ -231,5 +256,3 @@ def test_sweep_inside_a_reports_folder_appears_in_its_index(finished, tmp_path):
     shutil.copytree(finished[0], folder)
     sweep(folder, GRID)  # everything is skipped; only the index is written
     assert "sweeps/quadratic" in (tmp_path / "reports" / "index.html").read_text()
-
-

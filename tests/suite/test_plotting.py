@@ -10,7 +10,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from lora_core import plotting
+from lora_core.suite import plotting
 
 
 def colourbars(fig):
@@ -129,7 +129,8 @@ def test_delta_grid_shares_one_symmetric_colourbar_or_gives_each_its_own():
 def sweep():
     rows = [
         {"r": r, "lora_alpha": a, "final_loss": 10.0 ** -(r + a), "diverged": False}
-        for r in (1, 2, 4) for a in (1, 8)
+        for r in (1, 2, 4)
+        for a in (1, 8)
     ]
     rows[1].update(final_loss=float("nan"), diverged=True)  # r=1, alpha=8
     rows[4].update(final_loss=1e30, diverged=True)  # r=4, alpha=1: a number, but diverged
@@ -163,8 +164,13 @@ def test_metric_heatmap_refuses_duplicates_and_unknown_columns(sweep):
 
 def test_metric_vs_draws_one_line_per_hue_a_dashed_reference_and_marks_diverged(sweep):
     fig = plotting.plot_metric_vs(
-        sweep, "r", "final_loss", hue="lora_alpha", reference={1: 1e-2, 4: 1e-5},
-        logy=True, reference_label="best rank-r error",
+        sweep,
+        "r",
+        "final_loss",
+        hue="lora_alpha",
+        reference={1: 1e-2, 4: 1e-5},
+        logy=True,
+        reference_label="best rank-r error",
     )
     (ax,) = fig.axes
     lines = {line.get_label(): line for line in ax.get_lines()}

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from lora_core import regression, reports
+from lora_core.suite import regression, reports
 
 BASELINE = {
     "notebook": "01_rank1_recovery",
@@ -103,7 +103,7 @@ def test_flat_metrics_of_a_users_own_notebook_are_accepted(tmp_path):
 @pytest.mark.parametrize(
     "spec, message",
     [
-        ({"rtol": 0.1}, "need a \"value\""),
+        ({"rtol": 0.1}, 'need a "value"'),
         ({"value": 1.0, "tol": 0.1}, "unknown spec keys"),
         ({"value": 1.0, "rtol": -0.1}, "rtol"),
         ({}, "non-empty"),

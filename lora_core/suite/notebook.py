@@ -1,0 +1,214 @@
+"""What every notebook of the suite does around its experiment, written once.
+
+A notebook declares its parameters in a cell tagged ``parameters``, one typed line each
+(``r: int = 1  # LoRA rank``), which is what papermill reads. The cell after it calls
+
+    params = suite.read_parameters(globals())
+
+which reads the declared names from that cell's annotations, checks every value (its
+declared type, then the rule for its name in ``RULES``), and returns them: ``params[name]``
+is the value to use (a comma-separated list parsed, ``device`` resolved) and
+``params.recorded`` the values to write into metrics.json. A bad value stops the notebook
+there, before any work, with a message naming the parameter, its value and what is
+allowed. ``metric_key`` names a metric of one config the same way in every notebook.
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from ..layer import INITS, SCALINGS
+from ..training import OPTIMIZERS, SAMPLINGS, resolve_device
+from ..validation import check_bool, check_choice, check_float, check_int
+from .reports import SUMMARY_FILE, SWEEP_FILE
+
+# The largest seed a notebook takes: it draws its second and third data sets with
+# seed + 1 and seed + 2, and every seed must stay within seed_everything's range.
+MAX_SEED = 2**32 - 3
+
+
+def _positive_int(name: str, value: Any, p: Mapping) -> int:
+    return check_int(name, value, 1)
+
+
+def _positive_float(name: str, value: Any, p: Mapping) -> float:
+    return check_float(name, value, low=0.0, low_inclusive=False)
+
+
+def _rank(name: str, value: Any, p: Mapping) -> int:
+    widths = [p[w] for w in ("d_in", "d_out") if w in p]
+    return check_int(name, value, 1, min(widths) if widths else None)
+
+
+def _choice(choices: tuple) -> Callable[[str, Any, Mapping], Any]:
+    return lambda name, value, p: check_choice(name, value, choices)
+
+
+def _list_of(item: Callable[[str, Any, Mapping], Any], ordered: bool = True):
+    """A rule for a comma-separated list whose items each pass ``item``; sorted unless not ``ordered``."""
+
+    def rule(name: str, value: Any, p: Mapping) -> list:
+        items = [item(name, v, p) for v in parse_list(name, value)]
+        return sorted(items) if ordered else items
+
+    return rule
+
+
+def _output_dir(name: str, value: Any, p: Mapping) -> str:
+    """A folder that exists, or can be made, and can be written: checked before any work."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{name}={value!r} is not allowed: expected a folder path")
+    folder = Path(value)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(
+            f"{name}={value!r} is not allowed: the folder cannot be created ({err.strerror})"
+        ) from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"{name}={value!r} is not allowed: expected a folder this user can write to")
+    return value
+
+
+def _sweep_dir(name: str, value: Any, p: Mapping) -> str:
+    folder = Path(value)
+    if not ((folder / SUMMARY_FILE).is_file() and (folder / SWEEP_FILE).is_file()):
+        raise ValueError(
+            f"{name}={value!r} is not allowed: expected a lora-sweep folder holding {SUMMARY_FILE} and {SWEEP_FILE}"
+        )
+    return value
+
+
+# The rule for each parameter name the suite's notebooks use. A rule may read parameters
+# declared before it (``p``), so the parameters cell declares n before batch_size, say.
+RULES: dict[str, Callable[[str, Any, Mapping], Any]] = {
+    "n": _positive_int,
+    "d_in": _positive_int,
+    "d_out": _positive_int,
+    "epochs": _positive_int,
+    "batch_size": lambda name, value, p: check_int(name, value, 1, p.get("n")),
+    "lr": _positive_float,
+    "r": _rank,
+    "shift_rank": _rank,
+    "ranks": _list_of(_rank),
+    "lora_alpha": _positive_float,
+    "lora_alphas": _list_of(_positive_float),
+    "init": _choice(INITS),
+    "scaling": _choice(SCALINGS),
+    "scalings": _list_of(_choice(SCALINGS), ordered=False),
+    "sampling": _choice(SAMPLINGS),
+    "optimizer": _choice(OPTIMIZERS),
+    "eval_every": lambda name, value, p: check_int(name, value, 1, p.get("epochs")),
+    "seed": lambda name, value, p: check_int(name, value, 0, MAX_SEED),
+    "device": lambda name, value, p: resolve_device(value),
+    "output_dir": _output_dir,
+    "sweep_dir": _sweep_dir,
+}
+
+_TYPES = {
+    int: lambda name, value: check_int(name, value),
+    float: lambda name, value: check_float(name, value),
+    bool: check_bool,
+}
+
+
+class NotebookParameters(Mapping):
+    """A notebook's checked parameters: ``params[name]`` to use, ``recorded`` to write down."""
+
+    def __init__(self, recorded: dict[str, Any], parsed: dict[str, Any]):
+        self.recorded = recorded
+        self._parsed = parsed
+
+    def __getitem__(self, name: str) -> Any:
+        return self._parsed[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._parsed)
+
+    def __len__(self) -> int:
+        return len(self._parsed)
+
+    def __repr__(self) -> str:
+        return f"NotebookParameters({self.recorded!r})"
+
+
+def read_parameters(namespace: Mapping[str, Any]) -> NotebookParameters:
+    """Check the parameters declared in ``namespace`` (a notebook's ``globals()``).
+
+    The names and types come from the parameters cell's annotations, the values from the
+    namespace (where papermill's injected cell may have replaced the defaults).
+    """
+    declared = _annotations(namespace)
+    if not declared:
+        raise ValueError(
+            "no typed parameters found: run the cell tagged 'parameters' first "
+            "(each line reads `name: type = default  # help`)"
+        )
+    recorded, parsed = {}, {}
+    for name, kind in declared.items():
+        value = namespace[name]
+        if kind in _TYPES:
+            value = _TYPES[kind](name, value)
+        elif kind is str and not isinstance(value, str):
+            raise ValueError(f"{name}={value!r} is not allowed: expected a str")
+        recorded[name] = value
+        rule = RULES.get(name)
+        parsed[name] = rule(name, value, parsed) if rule else value
+    return NotebookParameters(recorded, parsed)
+
+
+def _annotations(namespace: Mapping[str, Any]) -> dict[str, Any]:
+    annotations = namespace.get("__annotations__")
+    if annotations is None and callable(namespace.get("__annotate__")):
+        annotations = namespace["__annotate__"](1)  # Python ≥ 3.14 (PEP 649): 1 = VALUE
+    return {name: kind for name, kind in (annotations or {}).items() if name in namespace}
+
+
+def parse_list(name: str, value: Any) -> list:
+    """A list given as "1, 2, 4" (papermill -p, lora-sweep --param), one value, or a list.
+
+    Items that read as numbers become ints or floats; they must be distinct.
+    """
+    if isinstance(value, str):
+        items = [_number(item.strip()) for item in value.split(",")]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        items = [value]
+    if not items or any(item == "" for item in items) or len(set(items)) < len(items):
+        raise ValueError(
+            f"{name}={value!r} is not allowed: expected distinct comma-separated values, e.g. '1, 2, 4'"
+        )
+    return items
+
+
+def _number(text: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+# How a parameter is spelled inside a metric key, where the full name would be long.
+_KEY_LABELS = {"lora_alpha": "alpha"}
+
+
+def metric_key(metric: str, **config: Any) -> str:
+    """The name of ``metric`` for one config: ``metric_key("final_loss", scaling="rslora",
+    r=4, lora_alpha=8)`` is ``final_loss_rslora_r4_alpha8``.
+
+    A number is written after its parameter's label, a text value alone.
+    """
+    parts = [metric]
+    for name, value in config.items():
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            parts.append(f"{_KEY_LABELS.get(name, name)}{value:g}")
+        else:
+            parts.append(str(value))
+    return "_".join(parts)

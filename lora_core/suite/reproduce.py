@@ -1,0 +1,128 @@
+"""The main job: reproduce every notebook of the suite into reports/.
+
+    python -m lora_core reproduce                  # all notebooks, full seed scale, CPU
+    python -m lora_core reproduce --device cuda    # the same on a GPU
+    python -m lora_core reproduce --only 01_rank1_recovery
+    python -m lora_core reproduce --param n=512 --param d_in=65 --param d_out=64 --baselines small
+
+Each notebook runs with its defaults (the blog's full scale) under papermill into
+``reports/<notebook>/``; notebook 01 is also swept over r × lora_alpha with the grid runner
+into ``reports/sweeps/01_r_x_alpha/``, which notebook 04 then aggregates. Every run is
+checked against its committed baseline (``reports/baselines/<notebook>.full.json``, or
+``.small.json`` with ``--baselines small``), the reports index is rebuilt, and the
+command exits non-zero if a notebook failed or a metric drifted. A failing notebook does
+not stop the others. ``--param NAME=VALUE`` sets a parameter in every notebook that
+declares it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from .execute import NotebookRunError, execute_notebook, notebook_parameters
+from .regression import check_metrics
+from .reports import build_index
+from .sweep import parse_assignment, run_sweep
+
+ROOT = Path(__file__).resolve().parents[2]
+NOTEBOOKS = ("01_rank1_recovery", "02_rank_sweep", "03_alpha_sweep", "04_sweep_report")
+# The batch route's sweep: notebook 01 over a grid, aggregated by notebook 04.
+SWEEP_NAME = "sweeps/01_r_x_alpha"
+SWEEP_GRID = {"r": [1, 2, 4], "lora_alpha": [0.5, 1.0, 8.0]}
+# The committed baselines: runs are checked against them wherever they are written.
+BASELINES_DIR = ROOT / "reports" / "baselines"
+
+
+def _declared(notebook: Path, params: dict) -> dict:
+    """The subset of ``params`` that ``notebook`` declares (text is converted by the runner)."""
+    declared = notebook_parameters(notebook)
+    return {k: v for k, v in params.items() if k in declared}
+
+
+def reproduce(
+    notebooks_dir: Path,
+    reports_dir: Path,
+    params: dict,
+    only: list[str] | None = None,
+    jobs: int = 1,
+    baselines: str = "full",
+    baselines_dir: Path = BASELINES_DIR,
+) -> int:
+    """Run the plan; return the process exit status."""
+    failures, drifts = [], []
+    for name in only or NOTEBOOKS:
+        notebook = notebooks_dir / f"{name}.ipynb"
+        parameters = _declared(notebook, params)
+        if name == "04_sweep_report":
+            source = notebooks_dir / f"{NOTEBOOKS[0]}.ipynb"
+            sweep_dir = reports_dir / SWEEP_NAME
+            print(f"\n== sweep: {source} over {SWEEP_GRID} -> {sweep_dir}")
+            result = run_sweep(source, SWEEP_GRID, _declared(source, params), sweep_dir, jobs=jobs)
+            failures += [f"{SWEEP_NAME}/{f}" for f in result.failed]
+            parameters["sweep_dir"] = str(sweep_dir.resolve())
+        out = reports_dir / name
+        print(f"\n== {notebook} -> {out}")
+        start = time.perf_counter()
+        try:
+            record = execute_notebook(notebook, out, parameters, progress=True)
+        except NotebookRunError as err:
+            print(f"FAILED after {time.perf_counter() - start:.0f} s: {err}")
+            failures.append(name)
+            continue
+        print(f"done in {time.perf_counter() - start:.0f} s: {out / (name + '.html')}")
+        baseline = baselines_dir / f"{name}.{baselines}.json"
+        if baseline.exists():
+            report = check_metrics(record, baseline)
+            print(report)
+            if not report.ok:
+                drifts.append(name)
+        else:
+            print(f"(no baseline at {baseline}: not checked)")
+
+    index = build_index(reports_dir)
+    print(f"\nReports index: {index}")
+    if failures:
+        print("Failed: " + ", ".join(failures))
+    if drifts:
+        print("Drifted from the baseline: " + ", ".join(drifts))
+    return 1 if failures or drifts else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lora_core", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    rep = sub.add_parser("reproduce", help="run every notebook into reports/ and check the baselines")
+    rep.add_argument("--device", default="cpu", help="torch device for the notebooks (default: cpu)")
+    rep.add_argument("--only", action="append", choices=NOTEBOOKS, help="run only this notebook (repeatable)")
+    rep.add_argument("--notebooks", type=Path, default=ROOT / "notebooks", help="the notebooks folder")
+    rep.add_argument("--reports", type=Path, default=ROOT / "reports", help="where runs are written")
+    rep.add_argument("--jobs", type=int, default=1, help="parallel processes for the sweep")
+    rep.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a parameter for every notebook that declares it (repeatable)",
+    )
+    rep.add_argument(
+        "--baselines",
+        choices=("full", "small"),
+        default="full",
+        help="which committed baselines to check against (default: full)",
+    )
+    args = parser.parse_args(argv)
+    params = {"device": args.device}
+    for text in args.param:
+        try:
+            key, value = parse_assignment(text, "--param")
+        except argparse.ArgumentTypeError as err:
+            parser.error(str(err))
+        params[key] = value
+    return reproduce(args.notebooks, args.reports, params, args.only, args.jobs, args.baselines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

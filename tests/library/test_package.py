@@ -1,0 +1,31 @@
+"""The package's public face: what `import lora_core` and `lora_core.suite` offer."""
+
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.parametrize("module", ["lora_core", "lora_core.fast", "lora_core.suite"])
+def test_every_public_name_is_reexported_and_importable(module):
+    package = __import__(module, fromlist=["__all__"])
+    missing = [name for name in package.__all__ if not hasattr(package, name)]
+    assert not missing
+    assert len(set(package.__all__)) == len(package.__all__)
+
+
+def _loaded_after(statement: str) -> set:
+    code = f"import sys; {statement}; print(' '.join(sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return {name.split(".")[0] for name in out.stdout.split()}
+
+
+def test_the_library_loads_no_notebook_tooling():
+    # Notebook kernels and plain training scripts import lora_core: no papermill, Jupyter or plots.
+    loaded = _loaded_after("import lora_core")
+    assert not loaded & {"papermill", "nbclient", "jupyter_client", "matplotlib"}
+
+
+def test_the_suite_loads_papermill_only_when_a_runner_is_used():
+    assert "papermill" not in _loaded_after("from lora_core import suite; suite.read_parameters")
+    assert "papermill" in _loaded_after("from lora_core import suite; suite.run_sweep")
