@@ -16,11 +16,13 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .inject import lora_modules
-from .layer import LoRALinear, lora_scale
+from .layer import INITS, SCALINGS, LoRALinear, lora_scale
+from .validation import check_choice, check_float, check_int
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 CONFIG_NAME = "adapter_config.json"
@@ -51,6 +53,8 @@ def _module_config(layer: LoRALinear) -> dict:
 
 def save_adapter(model: nn.Module, path: str | os.PathLike, name: str = "default") -> Path:
     """Write the model's LoRA tensors and settings into the folder ``path``."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name={name!r} is not allowed: expected a non-empty str")
     layers = lora_modules(model)
     if not layers:
         raise ValueError("model has no LoRALinear layers: there is no adapter to save")
@@ -85,23 +89,91 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, name: str = "default
 
 
 def read_adapter_config(path: str | os.PathLike) -> dict:
-    """The settings stored beside a saved adapter's tensors."""
+    """The settings stored beside a saved adapter's tensors, checked in full.
+
+    Raises ``FileNotFoundError`` when there is no adapter at ``path`` and ``ValueError``
+    naming the file when its content cannot be used.
+    """
     config_path = Path(path) / CONFIG_NAME
     if not config_path.is_file():
         raise FileNotFoundError(f"no adapter at {str(path)!r}: {CONFIG_NAME} is missing")
-    return json.loads(config_path.read_text())
+    try:
+        config = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{config_path} is not valid JSON ({err})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_path} holds a JSON {type(config).__name__}, expected an object")
+    modules = config.get("modules")
+    if not isinstance(modules, dict) or not modules:
+        raise ValueError(f'{config_path}: "modules" must be a non-empty object of module name -> settings')
+    for module_name, saved in modules.items():
+        try:
+            _check_module_config(saved)
+        except ValueError as err:
+            raise ValueError(f"{config_path}: module {module_name or '<model>'!r}: {err}") from None
+    config.setdefault("name", "default")
+    if not isinstance(config["name"], str):
+        raise ValueError(f"{config_path}: name={config['name']!r} is not allowed: expected a str")
+    return config
+
+
+def _check_module_config(saved: object) -> None:
+    if not isinstance(saved, dict):
+        raise ValueError(f"settings={saved!r} is not allowed: expected an object")
+    missing = [k for k in ("in_features", "out_features", "r", "lora_alpha", "scaling") if k not in saved]
+    if missing:
+        raise ValueError(f"settings lack {', '.join(missing)}")
+    d_in = check_int("in_features", saved["in_features"], 1)
+    d_out = check_int("out_features", saved["out_features"], 1)
+    check_int("r", saved["r"], 1, min(d_in, d_out))
+    check_float("lora_alpha", saved["lora_alpha"], low=0.0, low_inclusive=False)
+    check_choice("scaling", saved["scaling"], SCALINGS)
+    if "init" in saved:
+        check_choice("init", saved["init"], INITS)
+    if "lora_dropout" in saved:
+        check_float("lora_dropout", saved["lora_dropout"], 0.0, 1.0)
+
+
+def _read_adapter(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(config, tensors) of a saved adapter, every tensor the config needs present and finite."""
+    config = read_adapter_config(path)
+    weights_path = Path(path) / WEIGHTS_NAME
+    if not weights_path.is_file():
+        raise FileNotFoundError(f"no adapter tensors at {str(path)!r}: {WEIGHTS_NAME} is missing")
+    try:
+        tensors = load_file(str(weights_path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"{weights_path} cannot be read as safetensors: {err}") from None
+    for module_name, saved in config["modules"].items():
+        label = module_name or "<model>"
+        names = ["A", "B"] + (["scale"] if saved["scaling"] == "learnable" else [])
+        for tensor in names:
+            key = _key(module_name, tensor)
+            if key not in tensors:
+                raise ValueError(f"{weights_path} has no tensor {key!r} for module {label!r}")
+            if not tensors[key].is_floating_point() or not torch.isfinite(tensors[key]).all():
+                raise ValueError(f"{weights_path}: tensor {key!r} holds NaN, Inf or non-float values")
+        stored_a, stored_b = (tuple(tensors[_key(module_name, t)].shape) for t in "AB")
+        want_a, want_b = (saved["in_features"], saved["r"]), (saved["r"], saved["out_features"])
+        if (stored_a, stored_b) != (want_a, want_b):
+            raise ValueError(
+                f"module {label!r}: {WEIGHTS_NAME} holds A {stored_a}, B {stored_b} but "
+                f"{CONFIG_NAME} says A {want_a}, B {want_b}: the adapter folder is inconsistent"
+            )
+        if "scale" in names and tensors[_key(module_name, "scale")].numel() != 1:
+            raise ValueError(f"{weights_path}: tensor {_key(module_name, 'scale')!r} is not a single number")
+    return config, tensors
 
 
 def load_adapter(model: nn.Module, path: str | os.PathLike) -> str:
     """Load a saved adapter into the model's LoRA layers; return the adapter's name.
 
     The model must have LoRA layers with the same names, base shapes and ranks as the
-    adapter; anything else is refused before a single tensor is copied. The adapter's
-    lora_alpha and scaling replace the layer's. A merged layer is unmerged, loaded and
-    merged again.
+    adapter; anything else, and any damaged or invalid file, is refused before a single
+    tensor is copied. The adapter's lora_alpha and scaling replace the layer's. A merged
+    layer is unmerged, loaded and merged again.
     """
-    config = read_adapter_config(path)
-    tensors = load_file(str(Path(path) / WEIGHTS_NAME))
+    config, tensors = _read_adapter(path)
     layers = lora_modules(model)
 
     missing = sorted(set(config["modules"]) - set(layers))
@@ -122,12 +194,6 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> str:
                 f"module {label!r}: the adapter has A {want_a}, B {want_b} but the model's "
                 f"layer has A {have_a}, B {have_b}"
             )
-        stored_a, stored_b = (tuple(tensors[_key(module_name, t)].shape) for t in "AB")
-        if (stored_a, stored_b) != (want_a, want_b):
-            raise ValueError(
-                f"module {label!r}: {WEIGHTS_NAME} holds A {stored_a}, B {stored_b} but "
-                f"{CONFIG_NAME} says A {want_a}, B {want_b}: the adapter folder is inconsistent"
-            )
         if (saved["scaling"] == "learnable") != (layer.scaling == "learnable"):
             raise ValueError(
                 f"module {label!r}: the adapter's scaling is {saved['scaling']!r} but the "
@@ -143,7 +209,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> str:
         with torch.no_grad():
             layer.A.copy_(tensors[_key(module_name, "A")])
             layer.B.copy_(tensors[_key(module_name, "B")])
-            layer.lora_alpha, layer.scaling = saved["lora_alpha"], saved["scaling"]
+            layer.lora_alpha, layer.scaling = float(saved["lora_alpha"]), saved["scaling"]
             if saved["scaling"] == "learnable":
                 layer.scale.copy_(tensors[_key(module_name, "scale")].reshape(()))
             else:
@@ -158,8 +224,7 @@ def adapter_deltas(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
     Lets a report compare the adaptations a sweep saved, config by config.
     """
-    config = read_adapter_config(path)
-    tensors = load_file(str(Path(path) / WEIGHTS_NAME))
+    config, tensors = _read_adapter(path)
     deltas = {}
     for module_name, saved in config["modules"].items():
         if saved["scaling"] == "learnable":

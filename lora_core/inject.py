@@ -14,7 +14,10 @@ from collections.abc import Iterable
 
 from torch import nn
 
-from .layer import LoRALinear
+from .layer import LoRALinear, check_layer_options
+
+# What add_lora passes on to LoRALinear besides r and lora_alpha.
+LAYER_OPTIONS = ("init", "scaling", "lora_dropout")
 
 
 def lora_modules(model: nn.Module) -> dict[str, LoRALinear]:
@@ -45,6 +48,8 @@ def add_lora(
     Every parameter that is not a LoRA parameter is frozen. ``layer_options`` are passed
     to ``LoRALinear`` (``init``, ``scaling``, ``lora_dropout``).
     """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model={type(model).__name__} is not allowed: expected a torch.nn.Module")
     if isinstance(target_modules, str):
         try:
             re.compile(target_modules)
@@ -54,6 +59,11 @@ def add_lora(
                 f"expression ({err})"
             ) from None
     else:
+        if not isinstance(target_modules, Iterable):
+            raise ValueError(
+                f"target_modules={target_modules!r} is not allowed: expected a regex string "
+                "or a non-empty list of module names"
+            )
         target_modules = list(target_modules)
         if not target_modules or not all(isinstance(t, str) and t for t in target_modules):
             raise ValueError(
@@ -85,13 +95,30 @@ def add_lora(
                 f"(those are: {linear_names})"
             )
 
-    # Build every wrapper before touching the model, so a bad r or lora_alpha raises
-    # while the model is still exactly as the caller passed it.
+    # Every option checked against every target before anything is built: building a
+    # wrapper freezes its base, so a failure on a later target would leave earlier ones
+    # half-changed.
+    unknown = sorted(set(layer_options) - set(LAYER_OPTIONS))
+    if unknown:
+        raise ValueError(
+            f"{unknown[0]}={layer_options[unknown[0]]!r} is not allowed: add_lora takes r, "
+            f"lora_alpha and the layer options {', '.join(LAYER_OPTIONS)}"
+        )
+    for name in names:
+        try:
+            check_layer_options(model.get_submodule(name), r, lora_alpha, **layer_options)
+        except ValueError as err:
+            raise ValueError(f"{err} (module {name!r})") from None
+
+    # LoRA parameters added by earlier calls keep their setting: calls compose.
+    earlier = {p: p.requires_grad for p in lora_parameters(model)}
     wrapped = {
         name: LoRALinear(model.get_submodule(name), r=r, lora_alpha=lora_alpha, **layer_options)
         for name in names
     }
     model.requires_grad_(False)
+    for p, trainable in earlier.items():
+        p.requires_grad_(trainable)
     for name, layer in wrapped.items():
         _set_submodule(model, name, layer)
         for p in lora_parameters(layer):
@@ -115,9 +142,23 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
+def _check_mergeable(layers: dict[str, LoRALinear]) -> None:
+    """Refuse before the first merge, so a diverged layer never leaves others merged."""
+    bad = [
+        name or "<model>" for name, layer in layers.items() if not layer.merged and not layer.delta_finite()
+    ]
+    if bad:
+        raise ValueError(
+            f"LoRA layers {bad} hold NaN or Inf values in delta_weight() (did training "
+            "diverge?); no layer was merged"
+        )
+
+
 def merge_lora(model: nn.Module) -> None:
     """Merge every not-yet-merged LoRA layer into its base weight."""
-    for layer in lora_modules(model).values():
+    layers = lora_modules(model)
+    _check_mergeable(layers)
+    for layer in layers.values():
         if not layer.merged:
             layer.merge()
 
@@ -137,7 +178,10 @@ def unload_lora(model: nn.Module, merge: bool = True) -> nn.Module:
     the model itself is a ``LoRALinear`` its base is returned, since a module cannot
     replace itself in place.
     """
-    for name, layer in lora_modules(model).items():
+    layers = lora_modules(model)
+    if merge:
+        _check_mergeable(layers)
+    for name, layer in layers.items():
         if merge and not layer.merged:
             layer.merge()
         elif not merge and layer.merged:

@@ -35,6 +35,32 @@ def lora_scale(r: int, lora_alpha: float, scaling: str) -> float:
     return lora_alpha / math.sqrt(r) if scaling == "rslora" else lora_alpha / r
 
 
+def check_layer_options(
+    base: nn.Module,
+    r: int = 8,
+    lora_alpha: float = 8.0,
+    init: str = "gaussian",
+    scaling: str = "standard",
+    lora_dropout: float = 0.0,
+) -> dict:
+    """``LoRALinear``'s arguments checked for ``base``, without building anything.
+
+    Lets ``add_lora`` refuse a bad option for any of its targets before it changes one.
+    """
+    if not isinstance(base, nn.Linear):
+        raise ValueError(f"base={type(base).__name__} is not allowed: expected an nn.Linear")
+    options = {
+        "r": check_int("r", r, 1, min(base.in_features, base.out_features)),
+        "lora_alpha": check_float("lora_alpha", lora_alpha, low=0.0, low_inclusive=False),
+        "init": check_choice("init", init, INITS),
+        "scaling": check_choice("scaling", scaling, SCALINGS),
+        "lora_dropout": check_float("lora_dropout", lora_dropout, 0.0, 1.0),
+    }
+    if options["lora_dropout"] == 1.0:
+        raise ValueError("lora_dropout=1.0 is not allowed: expected a finite number in [0, 1)")
+    return options
+
+
 class LoRALinear(nn.Module):
     """Wraps a frozen ``nn.Linear`` and adds a trainable rank-r update to its output.
 
@@ -53,16 +79,11 @@ class LoRALinear(nn.Module):
         lora_dropout: float = 0.0,
     ):
         super().__init__()
-        if not isinstance(base, nn.Linear):
-            raise ValueError(f"base={type(base).__name__} is not allowed: expected an nn.Linear")
+        options = check_layer_options(base, r, lora_alpha, init, scaling, lora_dropout)
+        self.r, self.lora_alpha = options["r"], options["lora_alpha"]
+        self.init, self.scaling = options["init"], options["scaling"]
+        self.lora_dropout = options["lora_dropout"]
         d_in, d_out = base.in_features, base.out_features
-        self.r = check_int("r", r, 1, min(d_in, d_out))
-        self.lora_alpha = check_float("lora_alpha", lora_alpha, low=0.0, low_inclusive=False)
-        self.init = check_choice("init", init, INITS)
-        self.scaling = check_choice("scaling", scaling, SCALINGS)
-        self.lora_dropout = check_float("lora_dropout", lora_dropout, 0.0, 1.0)
-        if self.lora_dropout == 1.0:
-            raise ValueError("lora_dropout=1.0 is not allowed: expected a finite number in [0, 1)")
 
         self.base = base
         base.requires_grad_(False)
@@ -120,6 +141,11 @@ class LoRALinear(nn.Module):
     def delta_weight(self) -> torch.Tensor:
         """ΔΘ = A · B · scale, shape (d_in, d_out): the blog's orientation."""
         return self.A @ self.B * self.scale
+
+    @torch.no_grad()
+    def delta_finite(self) -> bool:
+        """Whether ΔΘ holds only finite numbers, i.e. whether it can be merged."""
+        return bool(torch.isfinite(self.delta_weight()).all())
 
     @torch.no_grad()
     def merge(self) -> None:

@@ -36,9 +36,16 @@ def make_regression(
     n = check_int("n", n, 1)
     d_in = check_int("d_in", d_in, 1)
     d_out = check_int("d_out", d_out, 1)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point or dtype.is_complex:
+        raise ValueError(
+            f"dtype={dtype!r} is not allowed: expected a real floating-point torch.dtype "
+            "(torch.float32, torch.float64, ...)"
+        )
     gen = _generator(seed)
     if theta is None:
         theta = torch.randn(d_in, d_out, generator=gen, dtype=dtype)
+    elif not isinstance(theta, torch.Tensor):
+        raise ValueError(f"theta={type(theta).__name__} is not allowed: expected a torch.Tensor or None")
     elif tuple(theta.shape) != (d_in, d_out):
         raise ValueError(
             f"theta.shape={tuple(theta.shape)} is not allowed: expected (d_in, d_out) = ({d_in}, {d_out})"

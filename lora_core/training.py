@@ -128,6 +128,8 @@ class Recorder:
 
 def make_optimizer(name: str, params: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:
     """One of ``OPTIMIZERS`` over ``params``, as every training loop here builds it."""
+    check_choice("optimizer", name, OPTIMIZERS)
+    lr = check_float("lr", lr, low=0.0, low_inclusive=False)
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr)
     cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
@@ -145,6 +147,32 @@ def check_data(X: torch.Tensor, y: torch.Tensor) -> None:
     if X.shape[0] != y.shape[0]:
         raise ValueError(
             f"y.shape={tuple(y.shape)} is not allowed: expected as many rows as X ({X.shape[0]})"
+        )
+
+
+def _check_data_fits(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> None:
+    """X and y in the model's dtype, and X of a width the model takes, mapped to y's width."""
+    param = next(model.parameters())
+    for name, t in (("X", X), ("y", y)):
+        if t.dtype != param.dtype:
+            raise ValueError(
+                f"{name}.dtype={t.dtype} is not allowed: expected the model's dtype {param.dtype}"
+            )
+    was_training = model.training
+    model.eval()  # no dropout, no batch-norm statistics updated by this probe
+    try:
+        with torch.no_grad():
+            out = model(X[:1].to(param.device))
+    except RuntimeError as err:
+        raise ValueError(
+            f"X.shape={tuple(X.shape)} is not allowed: the model cannot take rows of width "
+            f"{X.shape[1]} ({str(err).splitlines()[0]})"
+        ) from None
+    finally:
+        model.train(was_training)
+    if out.shape[1:] != y.shape[1:]:
+        raise ValueError(
+            f"y.shape={tuple(y.shape)} is not allowed: the model maps X to {tuple(out.shape[1:])} per row"
         )
 
 
@@ -212,25 +240,33 @@ def train(
     History, bit for bit, on the same machine and thread count. The model is moved to
     ``device`` and left there.
     """
+    # Every check comes before the model is moved or the global RNG seeded, so a call
+    # that raises leaves the caller's model and generators as they were.
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model={type(model).__name__} is not allowed: expected a torch.nn.Module")
     check_data(X, y)
     settings = check_schedule(X.shape[0], epochs, batch_size, lr, eval_every, optimizer, sampling)
+    if seed is not None:
+        check_int("seed", seed, 0, 2**32 - 1)
+    dev = resolve_device(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("model has no trainable parameters (requires_grad is False everywhere)")
+    merged = [name or "<model>" for name, m in model.named_modules() if getattr(m, "merged", False)]
+    if merged:
+        raise ValueError(
+            f"model has merged LoRA layers {merged}: their A and B no longer take part in the "
+            "forward pass; call unmerge_lora(model) before training"
+        )
+    _check_data_fits(model, X, y)
+
     if seed is not None:
         seed_everything(seed)
     else:
         seed = int(torch.randint(2**31, ()))  # drawn from the global RNG, so seed_everything governs it
-    dev = resolve_device(device)
     model.to(dev)
     X, y = X.to(dev), y.to(dev)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("model has no trainable parameters (requires_grad is False everywhere)")
-
-    with torch.no_grad():
-        out = model(X[:1])
-    if out.shape[1:] != y.shape[1:]:
-        raise ValueError(
-            f"y.shape={tuple(y.shape)} is not allowed: the model maps X to {tuple(out.shape[1:])} per row"
-        )
+    params = [p for p in model.parameters() if p.requires_grad]  # .to() may have replaced them
     opt = make_optimizer(settings["optimizer"], params, settings["lr"])
     # The same loss and updates, faster, where one applies (see fast.steps); else None.
     fast = fast_path(model, X, y, opt) if cache_frozen else None

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 # The module, not its names: training imports this package for its fast path, so its
 # names are looked up when train_many runs, not while the two modules load.
 from .. import training
-from ..layer import LoRALinear
+from ..layer import LoRALinear, check_layer_options
 from .optim import lean_step
 from .steps import EVAL_CHUNK, frozen_residual
 
@@ -183,6 +183,12 @@ def _check_configs(configs, base: nn.Linear) -> list[dict]:
         checked.append(dict(cfg))
     if not isinstance(base, nn.Linear):
         raise ValueError(f"base={type(base).__name__} is not allowed: expected an nn.Linear")
+    # All configs checked before the first layer is built: building one freezes the base.
+    for i, cfg in enumerate(checked):
+        try:
+            check_layer_options(base, **cfg)
+        except ValueError as err:
+            raise ValueError(f"{err} (configs[{i}])") from None
     return checked
 
 
@@ -213,6 +219,11 @@ def train_many(
     configs = _check_configs(configs, base)
     training.check_data(X, y)
     settings = training.check_schedule(X.shape[0], epochs, batch_size, lr, eval_every, optimizer, sampling)
+    if y.shape[1] != base.out_features or X.shape[1] != base.in_features:
+        raise ValueError(
+            f"X.shape={tuple(X.shape)}, y.shape={tuple(y.shape)} are not allowed: the base "
+            f"maps {base.in_features} inputs to {base.out_features} outputs"
+        )
     layers = []
     for cfg in configs:
         training.seed_everything(seed)
@@ -221,11 +232,6 @@ def train_many(
     base.to(dev)
     layers = [layer.to(dev) for layer in layers]
     X, y = X.to(dev), y.to(dev)
-    if y.shape[1] != base.out_features or X.shape[1] != base.in_features:
-        raise ValueError(
-            f"X.shape={tuple(X.shape)}, y.shape={tuple(y.shape)} are not allowed: the base "
-            f"maps {base.in_features} inputs to {base.out_features} outputs"
-        )
 
     target = frozen_residual(base, X, y)  # as in `train`'s fast path
     stack = StackedAdapters(layers)

@@ -27,9 +27,10 @@ import math
 import numbers
 import os
 import platform
+import secrets
+import stat
 import subprocess
 import sys
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -52,11 +53,12 @@ def write_text_atomic(path: Path, text: str) -> Path:
     """Write ``text`` to ``path`` so that readers see the old file or the new one, whole.
 
     The temporary file lives in the destination folder because ``os.replace`` is only
-    atomic within one file system.
+    atomic within one file system. The file gets the mode a plain ``open()`` would give
+    it: an existing file's own, else 0666 less the umask.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _create_temp(path)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
@@ -68,6 +70,32 @@ def write_text_atomic(path: Path, text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _create_temp(path: Path) -> tuple[int, str]:
+    """A new, uniquely named file beside ``path``: (descriptor, name).
+
+    Not ``tempfile.mkstemp``, which makes every file 0600: here the kernel applies the
+    umask to 0666, as for any file a user creates, without touching the process's umask.
+    """
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        mode = None
+    while True:
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        if mode is not None:
+            try:
+                os.fchmod(fd, mode)
+            except OSError:
+                os.close(fd)
+                os.unlink(tmp)
+                raise
+        return fd, tmp
 
 
 def _jsonable(obj: Any, where: str = "value") -> Any:
