@@ -14,11 +14,17 @@ Each metric must pass every bound its spec names: ``value`` with ``rtol`` and/or
 and ``min`` (inclusive). A metric missing from the run, or not a finite number there,
 fails. Metrics the baseline does not name are not checked.
 
+A baseline may also hold the ``"parameters"`` of the run it was made from (name ->
+value). A run whose metrics.json records other values for them fails with "parameters
+differ", reported before any metric: its numbers were never meant to match.
+
 Nothing here knows about particular notebooks: point it at any ``metrics.json`` (the
 suite's layout, with a ``metrics`` object) or at a flat JSON object of name -> number.
 
-Command line: ``lora-regress METRICS_JSON_OR_RUN_DIR BASELINE_JSON [--update]``; exit
-status 0 when every metric passes, 1 on any drift or missing metric, 2 on bad input.
+Command line: ``lora-regress METRICS_JSON_OR_RUN_DIR BASELINE_JSON [--update [--force]]``;
+exit status 0 when every metric passes, 1 on any drift or missing metric, 2 on bad input
+(and on an update refused: a run of another notebook or with other parameters, or with
+metrics that are not numbers, is written only with ``--force``).
 """
 
 from __future__ import annotations
@@ -41,6 +47,9 @@ from .reports import read_json, read_metrics, write_json_atomic
 
 SPEC_KEYS = ("value", "rtol", "atol", "max", "min")
 TIMINGS = ("*_seconds",)  # vary from machine to machine: not baselined unless asked
+# Parameters a new baseline does not record: where files go, and switches that change
+# how fast a run is, not its numbers beyond float rounding.
+UNRECORDED_PARAMETERS = ("output_dir", "*_dir", "compare_with", "device", "cache_*")
 
 
 class BaselineError(ValueError):
@@ -56,10 +65,18 @@ def load_metrics(metrics: Mapping[str, Any] | str | os.PathLike) -> tuple[dict, 
 
     Accepts a metrics.json path, the run folder holding it, or an already loaded dict.
     """
+    values, notebook, _ = _load_run(metrics)
+    return values, notebook
+
+
+def _load_run(metrics: Mapping[str, Any] | str | os.PathLike) -> tuple[dict, str | None, dict | None]:
+    """(metrics, notebook, parameters) of a run; the last two None when it does not say."""
     content = dict(metrics) if isinstance(metrics, Mapping) else read_metrics(metrics)
     if isinstance(content.get("metrics"), Mapping):
-        return dict(content["metrics"]), content.get("notebook")
-    return content, None
+        parameters = content.get("parameters")
+        parameters = dict(parameters) if isinstance(parameters, Mapping) else None
+        return dict(content["metrics"]), content.get("notebook"), parameters
+    return content, None, None
 
 
 def load_baseline(baseline: Mapping[str, Any] | str | os.PathLike) -> dict:
@@ -78,6 +95,12 @@ def load_baseline(baseline: Mapping[str, Any] | str | os.PathLike) -> dict:
         raise BaselineError('a baseline needs a "metrics" object: metric name -> tolerance spec')
     for name, spec in specs.items():
         _check_spec(name, spec)
+    parameters = content.get("parameters")
+    if parameters is not None and not (
+        isinstance(parameters, Mapping)
+        and all(v is None or isinstance(v, (str, bool, numbers.Real)) for v in parameters.values())
+    ):
+        raise BaselineError(f'"parameters" must be an object of parameter name -> value, not {parameters!r}')
     return content
 
 
@@ -95,6 +118,8 @@ def _check_spec(name: str, spec: Any) -> None:
             check_float(f"{name}.{key}", spec[key], low=low)
     except ValueError as error:
         raise BaselineError(f"metric {name!r}: {error}") from None
+    if "min" in spec and "max" in spec and spec["min"] > spec["max"]:
+        raise BaselineError(f"metric {name!r}: min {spec['min']:g} > max {spec['max']:g}: no value can pass")
 
 
 def _number(value: Any) -> float | None:
@@ -133,8 +158,9 @@ class RegressionReport:
         shown = self.table.copy()
         for column in ("baseline", "got"):
             shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{v:.6g}")
-        lines = [shown.to_string(index=False)] if len(shown) else ["(the baseline names no metrics)"]
-        lines += [f"problem: {p}" for p in self.problems]
+        # First, so that a run of other parameters is not read as 30 drifted metrics.
+        lines = [f"problem: {p}" for p in self.problems]
+        lines += [shown.to_string(index=False)] if len(shown) else ["(the baseline names no metrics)"]
         verdict = "ok" if self.ok else f"FAILED: {len(self.failed)} of {len(shown)} metrics"
         lines.append(verdict + (f"; {len(self.problems)} problem(s)" if self.problems else ""))
         return "\n".join(lines)
@@ -148,17 +174,47 @@ def check_metrics(
 
     Both arguments take a dict or a path (a run folder works for ``metrics``).
     """
-    values, notebook = load_metrics(metrics)
+    values, notebook, parameters = _load_run(metrics)
     content = load_baseline(baseline)
     rows = [_check_one(name, spec, values) for name, spec in content["metrics"].items()]
-    problems = []
-    expected = content.get("notebook")
-    if notebook is not None and expected is not None and notebook != expected:
-        problems.append(f"the run is from notebook {notebook!r}, the baseline is for {expected!r}")
+    problems = _mismatches(content, notebook, parameters)
     unchecked = [name for name in values if name not in content["metrics"]]
     table = pd.DataFrame(rows, columns=["metric", "baseline", "got", "tolerance", "ok", "note"])
     table["ok"] = table["ok"].astype(bool)
     return RegressionReport(table=table, problems=problems, unchecked=unchecked)
+
+
+def _mismatches(baseline: Mapping[str, Any], notebook: str | None, parameters: dict | None) -> list[str]:
+    """Why a run cannot be compared with the baseline at all: another notebook, other parameters."""
+    problems = []
+    expected = baseline.get("notebook")
+    if notebook is not None and expected is not None and notebook != expected:
+        problems.append(f"the run is from notebook {notebook!r}, the baseline is for {expected!r}")
+    differ = parameter_differences(baseline.get("parameters"), parameters)
+    if differ:
+        problems.insert(0, "parameters differ: " + ", ".join(differ))
+    return problems
+
+
+def parameter_differences(
+    baseline_parameters: Mapping[str, Any] | None, run_parameters: Mapping | None
+) -> list[str]:
+    """``name run-value vs baseline-value`` for each parameter the baseline records that the run changed.
+
+    Nothing when either side records no parameters (a flat metrics file, an older baseline).
+    """
+    if not baseline_parameters or run_parameters is None:
+        return []
+    differ = []
+    for name, expected in baseline_parameters.items():
+        got = run_parameters.get(name, "(not recorded)")
+        if got != expected or isinstance(got, bool) != isinstance(expected, bool):
+            differ.append(f"{name} {_show(got)} vs {_show(expected)}")
+    return differ
+
+
+def _show(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _check_one(name: str, spec: Mapping[str, Any], values: Mapping[str, Any]) -> list:
@@ -205,6 +261,7 @@ def update_baseline(
     default_spec: Mapping[str, Any] | None = None,
     exclude: Sequence[str] = TIMINGS,
     scale: str | None = None,
+    force: bool = False,
 ) -> dict:
     """Rewrite the baseline's values from a run, keeping every metric's tolerance.
 
@@ -212,16 +269,27 @@ def update_baseline(
     ``min`` stay as they were. Metrics of the run the baseline does not name yet are added
     with ``default_spec`` (e.g. ``{"rtol": 0.05}``) when one is given, except names
     matching an ``exclude`` glob (timings by default). A baseline that does not exist is
-    created. Refuses, changing nothing, when a baselined metric is missing from the run or
-    not a number there: dropping a metric from a baseline is a decision made by hand.
-    Returns the baseline as written.
+    created, recording the run's parameters (but not ``UNRECORDED_PARAMETERS``).
+
+    Refuses, changing nothing, when a baselined metric is missing from the run or not a
+    number there: dropping a metric from a baseline is a decision made by hand. Unless
+    ``force``, also refuses a run of another notebook or with other parameters than the
+    baseline records, and a new metric that is not a number (NaN is written as null):
+    with ``force`` the notebook and parameters become the run's and such metrics are
+    left out. Returns the baseline as written.
     """
-    values, notebook = load_metrics(metrics)
+    values, notebook, parameters = _load_run(metrics)
     path = Path(baseline_path)
     if path.exists():
         content = load_baseline(path)
     else:
         content = {"notebook": notebook} if notebook is not None else {}
+        if parameters is not None:
+            content["parameters"] = {
+                name: value
+                for name, value in parameters.items()
+                if not any(fnmatch.fnmatchcase(name, pattern) for pattern in UNRECORDED_PARAMETERS)
+            }
         content["metrics"] = {}
     if scale is not None:
         content["scale"] = scale
@@ -234,17 +302,38 @@ def update_baseline(
             + ", ".join(unusable)
             + "; remove them from the baseline by hand if they are gone on purpose"
         )
+    mismatches = _mismatches(content, notebook, parameters)
+    new_metrics = []
+    if default_spec is not None:
+        new_metrics = [
+            name
+            for name in values
+            if name not in content["metrics"] and not any(fnmatch.fnmatchcase(name, p) for p in exclude)
+        ]
+    not_numbers = [name for name in new_metrics if _number(values[name]) is None]
+    if not force and (mismatches or not_numbers):
+        reasons = mismatches + (
+            [f"not a number in the run, so it would be left out: {', '.join(not_numbers)}"]
+            if not_numbers
+            else []
+        )
+        raise BaselineError(
+            "refusing to update the baseline: " + "; ".join(reasons) + " (force it with --force)"
+        )
+    if force and mismatches:
+        if notebook is not None and content.get("notebook") is not None:
+            content["notebook"] = notebook
+        if parameters is not None and content.get("parameters"):
+            content["parameters"] = {name: parameters.get(name) for name in content["parameters"]}
     specs = {}
     for name, spec in content["metrics"].items():
         spec = dict(spec)
         if "value" in spec:
             spec["value"] = _number(values[name])
         specs[name] = spec
-    if default_spec is not None:
-        for name, value in values.items():
-            skip = any(fnmatch.fnmatchcase(name, pattern) for pattern in exclude)
-            if name not in specs and not skip and _number(value) is not None:
-                specs[name] = {"value": _number(value), **default_spec}
+    for name in new_metrics:
+        if _number(values[name]) is not None:
+            specs[name] = {"value": _number(values[name]), **default_spec}
     content["metrics"] = specs
     write_json_atomic(path, content)
     return content
@@ -268,6 +357,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--rtol", type=float, help="with --update: rtol for metrics not yet in the baseline")
     parser.add_argument("--atol", type=float, help="with --update: atol for metrics not yet in the baseline")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="with --update: write even for a run of another notebook or other parameters, "
+        "leaving out metrics that are not numbers",
+    )
     parser.add_argument(
         "--exclude",
         action="append",
@@ -296,7 +391,9 @@ def _update(args: argparse.Namespace, default_spec: dict | None) -> int:
     if path.exists():
         print("before the update:")
         print(check_metrics(args.metrics, path))
-    content = update_baseline(args.metrics, path, default_spec, exclude=tuple(args.exclude or TIMINGS))
+    content = update_baseline(
+        args.metrics, path, default_spec, exclude=tuple(args.exclude or TIMINGS), force=args.force
+    )
     print(f"baseline written: {path} ({len(content['metrics'])} metrics)")
     return 0
 
