@@ -12,7 +12,8 @@ checked against its committed baseline (``reports/baselines/<notebook>.full.json
 ``.small.json`` with ``--baselines small``), the reports index is rebuilt, and the
 command exits non-zero if a notebook failed or a metric drifted. A failing notebook does
 not stop the others. ``--param NAME=VALUE`` sets a parameter in every notebook that
-declares it.
+declares it; a name no selected notebook declares, a value of the wrong type or a name
+given twice is refused before anything runs.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import sys
 import time
 from pathlib import Path
 
-from .execute import NotebookRunError, execute_notebook, notebook_parameters
+from ..validation import check_int
+from .execute import NotebookRunError, check_parameters, execute_notebook, notebook_parameters
 from .regression import check_metrics
 from .reports import build_index
 from .sweep import parse_assignment, run_sweep
@@ -42,6 +44,38 @@ def _declared(notebook: Path, params: dict) -> dict:
     return {k: v for k, v in params.items() if k in declared}
 
 
+def check_plan(notebooks_dir: Path, params: dict, only: list[str] | None = None) -> None:
+    """Refuse, before anything runs, a parameter that no selected notebook would use or
+    that one of them cannot take (a ``ValueError`` naming it)."""
+    names = list(only or NOTEBOOKS)
+    unknown = [name for name in names if name not in NOTEBOOKS]
+    if unknown:
+        raise ValueError(f"notebook {unknown[0]!r} is not allowed: expected one of {', '.join(NOTEBOOKS)}")
+    declared = {name: notebook_parameters(notebooks_dir / f"{name}.ipynb") for name in names}
+    if "04_sweep_report" in names:  # its sweep runs notebook 01 too
+        declared.setdefault(NOTEBOOKS[0], notebook_parameters(notebooks_dir / f"{NOTEBOOKS[0]}.ipynb"))
+    used = set().union(*declared.values())
+    for key in params:
+        if key not in used:
+            raise ValueError(
+                f"--param {key}: no notebook selected ({', '.join(names)}) declares {key!r}; "
+                f"they declare: {', '.join(sorted(used - {'output_dir', 'sweep_dir'}))}"
+            )
+        if key in ("output_dir", "sweep_dir"):
+            raise ValueError(f"--param {key}: set by the main job; choose the folder with --reports")
+    for name, parameters in declared.items():
+        check_parameters(
+            notebooks_dir / f"{name}.ipynb", {}, {k: v for k, v in params.items() if k in parameters}
+        )
+    if "04_sweep_report" in names:
+        axes = sorted(set(SWEEP_GRID) & set(params))
+        if axes:
+            raise ValueError(
+                f"--param {axes[0]}: notebook 04's sweep runs notebook 01 over {axes[0]} = "
+                f"{SWEEP_GRID[axes[0]]}; leave it out, or run without 04 (--only)"
+            )
+
+
 def reproduce(
     notebooks_dir: Path,
     reports_dir: Path,
@@ -52,6 +86,7 @@ def reproduce(
     baselines_dir: Path = BASELINES_DIR,
 ) -> int:
     """Run the plan; return the process exit status."""
+    check_plan(notebooks_dir, params, only)
     failures, drifts = [], []
     for name in only or NOTEBOOKS:
         notebook = notebooks_dir / f"{name}.ipynb"
@@ -99,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--only", action="append", choices=NOTEBOOKS, help="run only this notebook (repeatable)")
     rep.add_argument("--notebooks", type=Path, default=ROOT / "notebooks", help="the notebooks folder")
     rep.add_argument("--reports", type=Path, default=ROOT / "reports", help="where runs are written")
-    rep.add_argument("--jobs", type=int, default=1, help="parallel processes for the sweep")
+    rep.add_argument("--jobs", type=_positive, default=1, help="parallel processes for the sweep")
     rep.add_argument(
         "--param",
         action="append",
@@ -115,13 +150,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     params = {"device": args.device}
-    for text in args.param:
-        try:
+    try:
+        for text in args.param:
             key, value = parse_assignment(text, "--param")
-        except argparse.ArgumentTypeError as err:
-            parser.error(str(err))
-        params[key] = value
+            if key in params:
+                given = "--device" if key == "device" else "an earlier --param"
+                raise ValueError(f"--param {text!r}: {key} is already given by {given}; give it once")
+            params[key] = value
+        check_plan(args.notebooks, params, args.only)
+    except (ValueError, argparse.ArgumentTypeError) as err:
+        parser.error(str(err))
     return reproduce(args.notebooks, args.reports, params, args.only, args.jobs, args.baselines)
+
+
+def _positive(text: str) -> int:
+    try:
+        return check_int("--jobs", int(text), 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--jobs {text!r}: expected an integer >= 1") from None
 
 
 if __name__ == "__main__":

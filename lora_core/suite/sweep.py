@@ -429,8 +429,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _cli_parameters(args: argparse.Namespace) -> tuple[dict[str, list], dict[str, Any]]:
-    """(grid, fixed) from -f, then --param and --grid, later ones winning."""
+    """(grid, fixed) from -f, overridden by --param and --grid.
+
+    On the command line itself each name may be given once: a second --grid or --param
+    for the same name, or a name given both ways, would silently drop one of the values.
+    """
     declared = notebook_parameters(args.notebook)
+    given: dict[str, str] = {}
+    for option, texts in (("--param", args.param), ("--grid", args.grid)):
+        for text in texts:
+            name = parse_assignment(text, option)[0]
+            if name in given:
+                raise ValueError(
+                    f"{option} {text!r}: {name} is already given by {given[name]}; "
+                    "give each parameter once (a grid axis lists all its values: --grid NAME=V1,V2)"
+                )
+            given[name] = f"{option} {text!r}"
     grid, fixed = {}, {}
     if args.parameters_file:
         path = Path(args.parameters_file)

@@ -14,7 +14,10 @@ def args(tmp_path, monkeypatch):
     reports = tmp_path / "reports"
 
     def build(*params):
-        chosen = [arg for p in [*SMALL, *params] for arg in ("--param", p)]
+        # An override replaces the small value: the same name twice is refused.
+        overridden = {p.partition("=")[0] for p in params}
+        kept = [p for p in SMALL if p.partition("=")[0] not in overridden]
+        chosen = [arg for p in [*kept, *params] for arg in ("--param", p)]
         return [
             "reproduce",
             "--only",
@@ -40,5 +43,5 @@ def test_reproduce_writes_the_run_and_checks_the_committed_baseline(args, capsys
 
 def test_reproduce_exits_non_zero_when_a_number_drifts(args, capsys):
     reports, build = args
-    assert main(build("lr=1e-4")) == 1  # the later value wins: too small a step to converge in 60 epochs
+    assert main(build("lr=1e-4")) == 1  # too small a step to converge in 60 epochs
     assert "Drifted from the baseline: 01_rank1_recovery" in capsys.readouterr().out
