@@ -11,20 +11,34 @@ is the value to use (a comma-separated list parsed, ``device`` resolved) and
 ``params.recorded`` the values to write into metrics.json. A bad value stops the notebook
 there, before any work, with a message naming the parameter, its value and what is
 allowed. ``metric_key`` names a metric of one config the same way in every notebook.
+
+Folder parameters (``output_dir``, ``sweep_dir``, ``compare_with``) given as relative
+paths are taken from the repository root (``REPO_ROOT``), not from wherever the kernel
+happened to start: ``reports/01_rank1_recovery`` is the same folder in Jupyter, under
+plain ``papermill`` run from any directory, and in the main job. The resolved path is
+written back into the namespace, so the notebook's later cells use it. An
+``output_dir`` that already holds a finished run (its ``metrics.json``) with other
+parameters is refused: two runs never share a folder.
 """
 
 from __future__ import annotations
 
 import numbers
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
 from ..layer import INITS, SCALINGS
 from ..training import OPTIMIZERS, SAMPLINGS, resolve_device
 from ..validation import check_bool, check_choice, check_float, check_int
-from .reports import SUMMARY_FILE, SWEEP_FILE
+from .regression import parameter_differences
+from .reports import METRICS_FILE, SUMMARY_FILE, SWEEP_FILE, read_metrics
+
+# The checkout this package runs from, where notebooks/ and reports/ live; without one
+# (an installed package), relative folders are taken from the working directory.
+_CHECKOUT = Path(__file__).resolve().parents[2]
+REPO_ROOT = _CHECKOUT if (_CHECKOUT / "notebooks").is_dir() else None
 
 # The largest seed a notebook takes: it draws its second and third data sets with
 # seed + 1 and seed + 2, and every seed must stay within seed_everything's range.
@@ -58,11 +72,19 @@ def _list_of(item: Callable[[str, Any, Mapping], Any], ordered: bool = True):
     return rule
 
 
+def resolve_folder(value: str) -> Path:
+    """An absolute folder: a relative ``value`` is taken from ``REPO_ROOT`` (see above)."""
+    folder = Path(value).expanduser()
+    if not folder.is_absolute() and REPO_ROOT is not None:
+        folder = REPO_ROOT / folder
+    return folder.resolve()
+
+
 def _output_dir(name: str, value: Any, p: Mapping) -> str:
     """A folder that exists, or can be made, and can be written: checked before any work."""
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"{name}={value!r} is not allowed: expected a folder path")
-    folder = Path(value)
+    folder = resolve_folder(value)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -71,16 +93,47 @@ def _output_dir(name: str, value: Any, p: Mapping) -> str:
         ) from None
     if not os.access(folder, os.W_OK | os.X_OK):
         raise ValueError(f"{name}={value!r} is not allowed: expected a folder this user can write to")
-    return value
+    return str(folder)
 
 
 def _sweep_dir(name: str, value: Any, p: Mapping) -> str:
-    folder = Path(value)
+    folder = resolve_folder(value)
     if not ((folder / SUMMARY_FILE).is_file() and (folder / SWEEP_FILE).is_file()):
         raise ValueError(
             f"{name}={value!r} is not allowed: expected a lora-sweep folder holding {SUMMARY_FILE} and {SWEEP_FILE}"
         )
-    return value
+    return str(folder)
+
+
+def _optional_folder(name: str, value: Any, p: Mapping) -> str:
+    """A folder to read, or "" for none."""
+    return str(resolve_folder(value)) if value else ""
+
+
+def _check_not_another_run(output_dir: str, recorded: Mapping[str, Any]) -> None:
+    """Refuse a folder that holds a finished run with other parameters than this one."""
+    path = Path(output_dir) / METRICS_FILE
+    if not path.exists():
+        return
+    try:
+        earlier = read_metrics(path).get("parameters")
+    except ValueError as err:
+        raise ValueError(
+            f"output_dir={output_dir!r} is not allowed: it holds a {METRICS_FILE} that cannot be "
+            f"read ({err}); pass another output_dir or remove that file"
+        ) from None
+    ignored = {"output_dir"}  # where the run is written is not what it computes
+    if isinstance(earlier, Mapping):
+        earlier = {k: v for k, v in earlier.items() if k not in ignored}
+        differ = parameter_differences(earlier, {k: v for k, v in recorded.items() if k not in ignored})
+    else:
+        differ = [f"{METRICS_FILE} records no parameters"]
+    if differ:
+        raise ValueError(
+            f"output_dir={output_dir!r} is not allowed: it holds a run with other parameters "
+            f"({'; '.join(differ)}, this run vs that one); pass another output_dir, or delete "
+            "that folder to replace its run"
+        )
 
 
 # The rule for each parameter name the suite's notebooks use. A rule may read parameters
@@ -107,7 +160,10 @@ RULES: dict[str, Callable[[str, Any, Mapping], Any]] = {
     "device": lambda name, value, p: resolve_device(value),
     "output_dir": _output_dir,
     "sweep_dir": _sweep_dir,
+    "compare_with": _optional_folder,
 }
+# Parameters whose checked value (an absolute folder) replaces the given one everywhere.
+FOLDERS = ("output_dir", "sweep_dir", "compare_with")
 
 _TYPES = {
     int: lambda name, value: check_int(name, value),
@@ -136,11 +192,12 @@ class NotebookParameters(Mapping):
         return f"NotebookParameters({self.recorded!r})"
 
 
-def read_parameters(namespace: Mapping[str, Any]) -> NotebookParameters:
+def read_parameters(namespace: MutableMapping[str, Any]) -> NotebookParameters:
     """Check the parameters declared in ``namespace`` (a notebook's ``globals()``).
 
     The names and types come from the parameters cell's annotations, the values from the
-    namespace (where papermill's injected cell may have replaced the defaults).
+    namespace (where papermill's injected cell may have replaced the defaults). Folder
+    parameters are resolved and written back into ``namespace`` (module docstring).
     """
     declared = _annotations(namespace)
     if not declared:
@@ -158,6 +215,13 @@ def read_parameters(namespace: Mapping[str, Any]) -> NotebookParameters:
         recorded[name] = value
         rule = RULES.get(name)
         parsed[name] = rule(name, value, parsed) if rule else value
+        if name in FOLDERS and isinstance(parsed[name], str):
+            recorded[name] = parsed[name]
+    if "output_dir" in parsed:
+        _check_not_another_run(parsed["output_dir"], recorded)
+    for name in FOLDERS:
+        if name in parsed and isinstance(parsed[name], str):
+            namespace[name] = parsed[name]
     return NotebookParameters(recorded, parsed)
 
 
