@@ -295,17 +295,8 @@ class _State:
 
     def given_parameters(self) -> dict[str, str]:
         if self._parameters is None:
-            from argparse import ArgumentTypeError
-
-            from .sweep import parse_assignment
-
-            self._parameters = {}
-            for text in self.config.getoption("lora_param"):
-                try:
-                    name, value = parse_assignment(text, "--lora-param")
-                except ArgumentTypeError as err:
-                    raise pytest.UsageError(str(err)) from None
-                self._parameters[name] = value
+            texts = self.config.getoption("lora_param")
+            self._parameters = _parse_parameters(texts) if texts else {}
         return self._parameters
 
     def parameters_for(self, declared: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -370,6 +361,22 @@ class _State:
             return outcome
         (folder / REPORT_FILE).write_text(report.to_markdown(node.path.stem), encoding="utf-8")
         return {**outcome, **report.to_dict()}
+
+
+def _parse_parameters(texts: list[str]) -> dict[str, str]:
+    """NAME=VALUE texts as lora-sweep's --param reads them (values converted per notebook)."""
+    from argparse import ArgumentTypeError
+
+    from .sweep import parse_assignment
+
+    parameters = {}
+    for text in texts:
+        try:
+            name, value = parse_assignment(text, "--lora-param")
+        except ArgumentTypeError as err:
+            raise pytest.UsageError(str(err)) from None
+        parameters[name] = value
+    return parameters
 
 
 def _describe_run_error(err: Exception, folder: Path) -> str:

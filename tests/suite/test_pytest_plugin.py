@@ -175,3 +175,17 @@ def test_assert_baseline_passes_quietly_and_fails_with_the_table(tmp_path):
     assert "FAILED: 2 of 2 metrics" in message
     assert "off by 1 (25.00%), allowed 0.04" in message and "below min 0" in message
     assert "**FAILED**" in (tmp_path / "regression.md").read_text()
+
+
+def test_without_its_options_the_plugin_loads_no_notebook_machinery(pytester):
+    # Loaded in every pytest run of the environment: papermill and nbformat must wait
+    # until a notebook is actually asked for.
+    pytester.makepyfile(
+        test_other="""
+        import sys
+
+        def test_nothing_heavy_was_imported():
+            assert not {"papermill", "nbformat", "nbclient", "filelock"} & set(sys.modules)
+        """
+    )
+    pytester.runpytest_subprocess(*PLUGIN).assert_outcomes(passed=1)
