@@ -6,6 +6,10 @@ import torch
 
 import lora_core as lc
 
+# The package's own pytest plugin (installed as an entry point too; named by its module,
+# so this does not register it twice): run_notebook and assert_baseline for notebook tests.
+pytest_plugins = ["pytester", "lora_core.suite.pytest_plugin"]
+
 # Fixed thread count: results are bit-reproducible only for a given thread count.
 torch.set_num_threads(2)
 

@@ -7,6 +7,8 @@ regression  check a run's metrics against a committed baseline (lora-regress)
 execute     run one notebook with papermill: parameters checked, failures explained
 sweep       run a notebook over a whole grid, resumably, in parallel (lora-sweep)
 reproduce   the main job: every notebook into reports/ (python -m lora_core reproduce)
+pytest_plugin  pytest --lora-notebooks: notebooks run and checked as test items (an
+               entry point; imported by pytest, never from here)
 """
 
 from .notebook import NotebookParameters, metric_key, parse_list, read_parameters

@@ -21,20 +21,24 @@ differ", reported before any metric: its numbers were never meant to match.
 Nothing here knows about particular notebooks: point it at any ``metrics.json`` (the
 suite's layout, with a ``metrics`` object) or at a flat JSON object of name -> number.
 
-Command line: ``lora-regress METRICS_JSON_OR_RUN_DIR BASELINE_JSON [--update [--force]]``;
-exit status 0 when every metric passes, 1 on any drift or missing metric, 2 on bad input
-(and on an update refused: a run of another notebook or with other parameters, or with
-metrics that are not numbers, is written only with ``--force``).
+Command line: ``lora-regress METRICS_JSON_OR_RUN_DIR BASELINE_JSON [--update [--force]]
+[--format table|markdown|json|junit]``; exit status 0 when every metric passes, 1 on any
+drift or missing metric, 2 on bad input (and on an update refused: a run of another
+notebook or with other parameters, or with metrics that are not numbers, is written only
+with ``--force``). Markdown is for a CI job summary; JUnit XML has one test case per
+metric, so a CI page shows which metric drifted.
 """
 
 from __future__ import annotations
 
 import argparse
 import fnmatch
+import json
 import math
 import numbers
 import os
 import sys
+import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +50,7 @@ from ..validation import check_float
 from .reports import read_json, read_metrics, write_json_atomic
 
 SPEC_KEYS = ("value", "rtol", "atol", "max", "min")
+FORMATS = ("table", "markdown", "json", "junit")
 TIMINGS = ("*_seconds",)  # vary from machine to machine: not baselined unless asked
 # Parameters a new baseline does not record: where files go, and switches that change
 # how fast a run is, not its numbers beyond float rounding.
@@ -155,15 +160,112 @@ class RegressionReport:
         return self.table.loc[~self.table["ok"], "metric"].tolist()
 
     def __str__(self) -> str:
+        shown = self._shown()
+        # Problems first, so that a run of other parameters is not read as 30 drifted metrics.
+        lines = [f"problem: {p}" for p in self.problems]
+        lines += [shown.to_string(index=False)] if len(shown) else ["(the baseline names no metrics)"]
+        lines.append(self.verdict())
+        return "\n".join(lines)
+
+    def verdict(self) -> str:
+        """``ok``, or ``FAILED: 2 of 30 metrics`` (and the count of other problems)."""
+        verdict = "ok" if self.ok else f"FAILED: {len(self.failed)} of {len(self.table)} metrics"
+        return verdict + (f"; {len(self.problems)} problem(s)" if self.problems else "")
+
+    def _shown(self) -> pd.DataFrame:
+        """The table with numbers as text, 6 significant digits, blank where there is none."""
         shown = self.table.copy()
         for column in ("baseline", "got"):
             shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{v:.6g}")
-        # First, so that a run of other parameters is not read as 30 drifted metrics.
-        lines = [f"problem: {p}" for p in self.problems]
-        lines += [shown.to_string(index=False)] if len(shown) else ["(the baseline names no metrics)"]
-        verdict = "ok" if self.ok else f"FAILED: {len(self.failed)} of {len(shown)} metrics"
-        lines.append(verdict + (f"; {len(self.problems)} problem(s)" if self.problems else ""))
-        return "\n".join(lines)
+        return shown
+
+    # ---- renderings for CI: a job summary, a machine-readable record, a JUnit file ----
+
+    def to_markdown(self, title: str | None = None) -> str:
+        """A Markdown section: a title with the verdict, the table, the problems."""
+        heading = f"### {title}: {self.verdict()}" if title else f"### {self.verdict()}"
+        lines = [heading, ""]
+        if len(self.table):
+            shown = self._shown()
+            shown["ok"] = shown["ok"].map(lambda ok: "ok" if ok else "**FAILED**")
+            lines.append("| " + " | ".join(shown.columns) + " |")
+            lines.append("|" + "---|" * len(shown.columns))
+            for row in shown.itertuples(index=False):
+                lines.append("| " + " | ".join(_markdown_cell(value) for value in row) + " |")
+        else:
+            lines.append("(the baseline names no metrics)")
+        lines += [f"- problem: {_markdown_cell(p)}" for p in self.problems]
+        if self.unchecked:
+            lines += ["", "Not in the baseline (unchecked): " + ", ".join(f"`{n}`" for n in self.unchecked)]
+        return "\n".join(lines) + "\n"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as plain JSON-ready data; a missing number is None."""
+        rows = [
+            {
+                key: (None if key in ("baseline", "got") and pd.isna(value) else value)
+                for key, value in row.items()
+            }
+            for row in self.table.to_dict("records")
+        ]
+        for row in rows:
+            row["ok"] = bool(row["ok"])
+        return {
+            "ok": self.ok,
+            "failed": self.failed,
+            "metrics": rows,
+            "problems": list(self.problems),
+            "unchecked": list(self.unchecked),
+        }
+
+    def to_junit(self, suite: str) -> str:
+        """JUnit XML: one ``testcase`` per metric, named by it, in class ``suite``.
+
+        A drifted or missing metric is a ``failure`` whose message is its note; problems
+        that belong to no metric are one more failing case, ``baseline``.
+        """
+        root = ET.Element("testsuites")
+        cases = ET.SubElement(root, "testsuite", name=suite)
+        shown = self._shown()
+        for row in shown.itertuples(index=False):
+            case = ET.SubElement(cases, "testcase", classname=suite, name=row.metric, time="0")
+            if not row.ok:
+                failure = ET.SubElement(case, "failure", message=row.note, type="MetricDrift")
+                failure.text = (
+                    f"baseline {row.baseline or '-'}, got {row.got or '-'}, tolerance {row.tolerance}"
+                )
+        if self.problems:
+            case = ET.SubElement(cases, "testcase", classname=suite, name="baseline", time="0")
+            failure = ET.SubElement(
+                case, "failure", message="; ".join(self.problems), type="BaselineMismatch"
+            )
+            failure.text = "\n".join(self.problems)
+        failures = len(self.failed) + bool(self.problems)
+        cases.set("tests", str(len(shown) + bool(self.problems)))
+        cases.set("failures", str(failures))
+        cases.set("errors", "0")
+        ET.indent(root)
+        return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+    def render(self, format: str, name: str) -> str:
+        """The report in one of ``FORMATS``; ``name`` titles it (the baseline's name, say)."""
+        if format == "table":
+            text = str(self)
+            if self.unchecked:
+                text += "\nnot in the baseline (unchecked): " + ", ".join(self.unchecked)
+            return text
+        if format == "markdown":
+            return self.to_markdown(name)
+        if format == "json":
+            return json.dumps({"name": name, **self.to_dict()}, indent=2)
+        if format == "junit":
+            return self.to_junit(name)
+        raise ValueError(f"format={format!r} is not allowed: expected one of {', '.join(FORMATS)}")
+
+
+def _markdown_cell(value: Any) -> str:
+    """Text safe inside a Markdown table cell: pipes escaped, no line breaks."""
+    return str(value).replace("|", "\\|").replace("\n", " ")
 
 
 def check_metrics(
@@ -369,7 +471,16 @@ def main(argv: list[str] | None = None) -> int:
         metavar="GLOB",
         help=f"with --update: metric names not to add (repeatable; default {' '.join(TIMINGS)})",
     )
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="table",
+        help="how to print the check: a text table (default), Markdown for a CI job summary, "
+        "JSON, or JUnit XML with one test case per metric",
+    )
     args = parser.parse_args(argv)
+    if args.update and args.format != "table":
+        parser.error("--format applies to the check; --update prints what it changed as a table")
     default_spec = {k: v for k, v in (("rtol", args.rtol), ("atol", args.atol)) if v is not None}
     try:
         if args.update:
@@ -378,9 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as error:  # JSONDecodeError and BaselineError included
         print(f"lora-regress: error: {error}", file=sys.stderr)
         return 2
-    print(report)
-    if report.unchecked:
-        print("not in the baseline (unchecked): " + ", ".join(report.unchecked))
+    print(report.render(args.format, Path(args.baseline).stem))
     return 0 if report.ok else 1
 
 

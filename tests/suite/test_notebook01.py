@@ -2,7 +2,9 @@
 reproducibility, and (slow) the full seed scale against the blog's published numbers.
 
 Every run uses a cache folder of its own (``LORA_CORE_CACHE``), so the user's cached
-bases are neither read nor written, and a "cold" run really trains its base.
+bases are neither read nor written, and a "cold" run really trains its base. Runs go
+through the package's pytest plugin (``run_notebook``, ``assert_baseline``), as a user's
+own notebook tests would.
 """
 
 import math
@@ -15,8 +17,8 @@ import torch
 from conftest import image_outputs, printed_text
 
 import lora_core as lc
-from lora_core.suite.execute import NotebookRunError, execute_notebook
-from lora_core.suite.regression import check_metrics
+from lora_core.suite.execute import NotebookRunError
+from lora_core.suite.pytest_plugin import assert_baseline
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO / "notebooks" / "01_rank1_recovery.ipynb"
@@ -35,10 +37,8 @@ def fresh_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def small_run(fresh_cache, tmp_path_factory):
-    out = tmp_path_factory.mktemp("small")
-    record = execute_notebook(NOTEBOOK, out, SMALL, render_html=True)
-    return out, record
+def small_run(fresh_cache, run_notebook):
+    return run_notebook(NOTEBOOK, render_html=True, **SMALL)
 
 
 def without_timings(metrics):
@@ -57,13 +57,11 @@ def validation_cell_index():
 
 
 def test_small_run_passes_the_small_baseline(small_run):
-    _, record = small_run
-    report = check_metrics(record, BASELINES / "01_rank1_recovery.small.json")
-    assert report.ok, f"\n{report}"
+    assert_baseline(small_run, BASELINES / "01_rank1_recovery.small.json")
 
 
 def test_small_run_records_parameters_and_environment(small_run):
-    _, record = small_run
+    record = small_run.record
     assert record["notebook"] == "01_rank1_recovery"
     assert {k: record["parameters"][k] for k in SMALL} == SMALL
     assert record["parameters"]["r"] == 1 and record["parameters"]["device"] == "cpu"
@@ -72,7 +70,7 @@ def test_small_run_records_parameters_and_environment(small_run):
 
 
 def test_small_run_shows_its_figures_inline_and_saves_them(small_run):
-    out, _ = small_run
+    out = small_run.folder
     assert len(image_outputs(out / "01_rank1_recovery.ipynb")) == len(FIGURES)
     for name in FIGURES:
         png = out / name
@@ -82,7 +80,7 @@ def test_small_run_shows_its_figures_inline_and_saves_them(small_run):
 
 
 def test_small_run_saves_the_adapter_it_measured(small_run):
-    out, record = small_run
+    out, record = small_run.folder, small_run.record
     delta = lc.adapter_deltas(out / "adapter")[""]
     assert tuple(delta.shape) == (SMALL["d_in"], SMALL["d_out"])
     recomputed = lc.compare_delta(delta, torch.ones_like(delta))
@@ -90,20 +88,19 @@ def test_small_run_saves_the_adapter_it_measured(small_run):
         assert recomputed[name] == pytest.approx(record["metrics"][name], rel=1e-9, abs=1e-12)
 
 
-def test_same_small_parameters_give_identical_metrics(small_run, tmp_path):
-    _, first = small_run
+def test_same_small_parameters_give_identical_metrics(small_run, run_notebook):
     # cache_base=False: the base is trained again, not read back from the first run's cache.
-    second = execute_notebook(NOTEBOOK, tmp_path, {**SMALL, "cache_base": False}, render_html=False)
-    assert without_timings(second["metrics"]) == without_timings(first["metrics"])
+    second = run_notebook(NOTEBOOK, **SMALL, cache_base=False)
+    assert without_timings(second.metrics) == without_timings(small_run.metrics)
 
 
 @pytest.mark.parametrize(
     "name, value",
     [("r", 0), ("device", "tpu"), ("scaling", "bogus")],
 )
-def test_a_bad_parameter_stops_the_run_naming_it(fresh_cache, tmp_path, name, value):
+def test_a_bad_parameter_stops_the_run_naming_it(fresh_cache, run_notebook, tmp_path, name, value):
     with pytest.raises(NotebookRunError) as caught:
-        execute_notebook(NOTEBOOK, tmp_path, {**SMALL, name: value}, render_html=False)
+        run_notebook(NOTEBOOK, output_dir=tmp_path, **{**SMALL, name: value})
     error = caught.value
     assert error.ename == "ValueError"
     assert f"{name}={value!r} is not allowed" in error.evalue
@@ -117,10 +114,10 @@ def test_a_bad_parameter_stops_the_run_naming_it(fresh_cache, tmp_path, name, va
 
 
 @pytest.mark.slow
-def test_full_scale_reproduces_the_blog(fresh_cache, tmp_path):
-    cold = execute_notebook(NOTEBOOK, tmp_path / "cold", render_html=False)["metrics"]
-    report = check_metrics(cold, BASELINES / "01_rank1_recovery.full.json")
-    assert report.ok, f"\n{report}"
+def test_full_scale_reproduces_the_blog(fresh_cache, run_notebook):
+    cold_run = run_notebook(NOTEBOOK)
+    assert_baseline(cold_run, BASELINES / "01_rank1_recovery.full.json")
+    cold = cold_run.metrics
 
     # The fidelity claims, stated against the published numbers themselves.
     for epoch, published in lc.BLOG_PRETRAIN_LOSSES.items():
@@ -133,6 +130,6 @@ def test_full_scale_reproduces_the_blog(fresh_cache, tmp_path):
     assert cold["trainable_parameters"] == 2001 and cold["base_parameters"] == 1001 * 1000
 
     # Warm: the base comes from the cache the cold run filled, and nothing else changes.
-    warm = execute_notebook(NOTEBOOK, tmp_path / "warm", render_html=False)["metrics"]
-    assert "Loaded from the cache" in printed_text(tmp_path / "warm" / "01_rank1_recovery.ipynb")
-    assert without_timings(warm) == without_timings(cold)
+    warm = run_notebook(NOTEBOOK)
+    assert "Loaded from the cache" in printed_text(warm.executed)
+    assert without_timings(warm.metrics) == without_timings(cold)

@@ -1,6 +1,7 @@
 """Regression checks: each spec kind passes inside its tolerance and fails just outside."""
 
 import json
+from xml.etree import ElementTree
 
 import pytest
 
@@ -202,3 +203,68 @@ def test_cli_update_creates_a_baseline_only_with_a_tolerance(files, tmp_path, ca
     written = json.loads(fresh.read_text())
     assert written["notebook"] == "01_rank1_recovery"
     assert set(written["metrics"]) == set(GOOD) - {"lora_seconds"}
+
+
+# ---- output formats for CI ----------------------------------------------------------------
+
+
+def test_cli_junit_has_one_test_case_per_metric_and_names_the_drifted_one(files, capsys):
+    run, baseline = files
+    reports.write_metrics(run, "01_rank1_recovery", {}, {**GOOD, "delta_mean": 1.1}, environment={})
+    assert regression.main([str(run), str(baseline), "--format", "junit"]) == 1
+    suite = ElementTree.fromstring(capsys.readouterr().out).find("testsuite")
+    cases = {case.get("name"): case for case in suite.iter("testcase")}
+    assert set(cases) == set(BASELINE["metrics"])
+    assert (suite.get("tests"), suite.get("failures")) == ("6", "1")
+    failed = [name for name, case in cases.items() if case.find("failure") is not None]
+    assert failed == ["delta_mean"]
+    assert "off by 0.1" in cases["delta_mean"].find("failure").get("message")
+    assert {case.get("classname") for case in cases.values()} == {"base"}
+
+
+def test_cli_markdown_is_a_table_with_a_row_per_metric(files, capsys):
+    run, baseline = files
+    reports.write_metrics(run, "01_rank1_recovery", {}, {**GOOD, "cosine": None}, environment={})
+    assert regression.main([str(run), str(baseline), "--format", "markdown"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "### base: FAILED: 1 of 6 metrics"
+    table = [line for line in lines if line.startswith("|")]
+    header, rule, *rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table]
+    assert header == ["metric", "baseline", "got", "tolerance", "ok", "note"]
+    assert set(rule) == {"---"} and all(len(row) == len(header) for row in rows)
+    by_metric = {row[0]: row for row in rows}
+    assert set(by_metric) == set(BASELINE["metrics"])
+    assert by_metric["cosine"][1:] == ["", "", ">= 0.99", "**FAILED**", "not a finite number: None"]
+    assert by_metric["delta_mean"][1:5] == ["1", "0.9999", "atol 0.005", "ok"]
+    assert "Not in the baseline (unchecked): `lora_seconds`" in lines
+
+
+def test_markdown_cells_escape_pipes_and_line_breaks():
+    report = regression.check_metrics({"a|b": 1.0}, {"metrics": {"a|b": {"max": 0.5}}})
+    row = [line for line in report.to_markdown().splitlines() if line.startswith("| a")][0]
+    assert row.startswith("| a\\|b | ") and len(row.replace("\\|", "").split("|")) == 8
+
+
+def test_cli_json_round_trips_the_table(files, capsys):
+    run, baseline = files
+    assert regression.main([str(run), str(baseline), "--format", "json"]) == 0
+    content = json.loads(capsys.readouterr().out)
+    assert content["ok"] is True and content["failed"] == [] and content["name"] == "base"
+    assert [row["metric"] for row in content["metrics"]] == list(BASELINE["metrics"])
+    assert content["metrics"][2] == {
+        "metric": "lora_final_loss",
+        "baseline": None,
+        "got": 0.0013,
+        "tolerance": "<= 0.01",
+        "ok": True,
+        "note": "",
+    }
+    assert content["unchecked"] == ["lora_seconds"]
+
+
+def test_cli_refuses_a_format_with_update(files, capsys):
+    run, baseline = files
+    with pytest.raises(SystemExit) as stop:
+        regression.main([str(run), str(baseline), "--update", "--format", "json"])
+    assert stop.value.code == 2
+    assert "--format applies to the check" in capsys.readouterr().err

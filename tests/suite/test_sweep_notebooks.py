@@ -8,6 +8,7 @@ configs included, and finds notebook 03's numbers (train_many) for the same conf
 Kernels get a cache folder of their own (``LORA_CORE_CACHE``) and one thread: at this
 size one thread is faster than two, and a fixed count keeps the numbers the baselines'.
 
+Runs go through the package's pytest plugin (``run_notebook``, ``assert_baseline``).
 Baselines are rewritten on purpose with ``lora-regress RUN_DIR BASELINE --update``.
 """
 
@@ -18,7 +19,7 @@ import pytest
 from conftest import image_outputs, printed_text
 
 from lora_core import suite
-from lora_core.suite.regression import check_metrics
+from lora_core.suite.pytest_plugin import assert_baseline
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOKS = REPO / "notebooks"
@@ -63,19 +64,14 @@ def kernel_env(tmp_path_factory):
         yield
 
 
-def run(stem, output_dir, **parameters):
-    return suite.execute_notebook(NOTEBOOKS / f"{stem}.ipynb", output_dir, parameters, render_html=False)
-
-
 @pytest.fixture(scope="module")
-def small_runs(kernel_env, tmp_path_factory):
-    """Each small run, made once: stem -> (output folder, metrics.json content)."""
+def small_runs(kernel_env, run_notebook):
+    """Each small run, made once: stem -> NotebookRun (folder, metrics.json content)."""
     runs = {}
 
     def get(stem):
         if stem not in runs:
-            out = tmp_path_factory.mktemp(stem)
-            runs[stem] = out, run(stem, out, **SMALL[stem])
+            runs[stem] = run_notebook(NOTEBOOKS / f"{stem}.ipynb", **SMALL[stem])
         return runs[stem]
 
     return get
@@ -96,11 +92,11 @@ def small_sweep(kernel_env, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def small_report(small_sweep, tmp_path_factory):
-    in_notebook = tmp_path_factory.mktemp("same_configs")
-    run("03_alpha_sweep", in_notebook, **SMALL_SAME_CONFIGS)
-    out = tmp_path_factory.mktemp("report")
-    return out, run("04_sweep_report", out, sweep_dir=str(small_sweep), compare_with=str(in_notebook))
+def small_report(small_sweep, run_notebook):
+    in_notebook = run_notebook(NOTEBOOKS / "03_alpha_sweep.ipynb", **SMALL_SAME_CONFIGS)
+    return run_notebook(
+        NOTEBOOKS / "04_sweep_report.ipynb", sweep_dir=str(small_sweep), compare_with=str(in_notebook.folder)
+    )
 
 
 def assert_figures_inline_and_saved(stem, out):
@@ -122,15 +118,12 @@ def validation_cell_index(stem):
 
 @pytest.mark.parametrize("stem", ["02_rank_sweep", "03_alpha_sweep"])
 def test_sweep_notebook_passes_its_small_baseline(small_runs, stem):
-    _, record = small_runs(stem)
-    report = check_metrics(record, BASELINES / f"{stem}.small.json")
-    assert report.ok, f"\n{report}"
+    assert_baseline(small_runs(stem), BASELINES / f"{stem}.small.json")
 
 
 @pytest.mark.parametrize("stem", ["02_rank_sweep", "03_alpha_sweep"])
 def test_sweep_notebook_shows_its_figures_inline_and_saves_them(small_runs, stem):
-    out, _ = small_runs(stem)
-    assert_figures_inline_and_saved(stem, out)
+    assert_figures_inline_and_saved(stem, small_runs(stem).folder)
 
 
 # ---------------------------------------------------------------------------------------
@@ -138,7 +131,7 @@ def test_sweep_notebook_shows_its_figures_inline_and_saves_them(small_runs, stem
 
 
 def test_rank_below_k_cannot_recover_the_shift_and_rank_k_or_more_does(small_runs):
-    _, record = small_runs("02_rank_sweep")
+    record = small_runs("02_rank_sweep").record
     metrics, k = record["metrics"], record["parameters"]["shift_rank"]
     ranks = [int(r) for r in record["parameters"]["ranks"].split(",")]
     assert min(ranks) < k <= max(ranks)
@@ -150,8 +143,7 @@ def test_rank_below_k_cannot_recover_the_shift_and_rank_k_or_more_does(small_run
         else:
             assert floor < 1e-6 and error < 1e-3, (r, error, floor)
     assert metrics["min_error_below_k"] > 100 * metrics["max_error_at_least_k"]
-    out, _ = small_runs("02_rank_sweep")
-    assert "cannot be recovered" in printed_text(out / "02_rank_sweep.ipynb")
+    assert "cannot be recovered" in printed_text(small_runs("02_rank_sweep").executed)
 
 
 # ---------------------------------------------------------------------------------------
@@ -159,8 +151,8 @@ def test_rank_below_k_cannot_recover_the_shift_and_rank_k_or_more_does(small_run
 
 
 def test_alpha_sweep_marks_diverged_configs_instead_of_dropping_them(small_runs):
-    out, record = small_runs("03_alpha_sweep")
-    metrics = record["metrics"]
+    run = small_runs("03_alpha_sweep")
+    metrics = run.metrics
     flags = {
         name[len("diverged_") :]: value for name, value in metrics.items() if name.startswith("diverged_")
     }
@@ -169,7 +161,7 @@ def test_alpha_sweep_marks_diverged_configs_instead_of_dropping_them(small_runs)
     assert 0 < len(diverged) == metrics["configs_diverged"] < len(flags)
     for config in diverged:
         assert metrics[f"final_loss_{config}"] is None  # no number stands in for a diverged run
-    text = printed_text(out / "03_alpha_sweep.ipynb")
+    text = printed_text(run.executed)
     assert f"{len(diverged)} of {len(flags)} configs diverged" in text
 
 
@@ -178,30 +170,25 @@ def test_alpha_sweep_marks_diverged_configs_instead_of_dropping_them(small_runs)
 
 
 def test_sweep_report_passes_its_small_baseline(small_report):
-    _, record = small_report
-    report = check_metrics(record, BASELINES / "04_sweep_report.small.json")
-    assert report.ok, f"\n{report}"
+    assert_baseline(small_report, BASELINES / "04_sweep_report.small.json")
 
 
 def test_sweep_report_shows_its_figures_inline_and_saves_them(small_report):
-    out, record = small_report
-    assert_figures_inline_and_saved("04_sweep_report", out)
+    assert_figures_inline_and_saved("04_sweep_report", small_report.folder)
     # The adapters it read are the ones whose numbers the runs reported.
-    assert record["metrics"]["adapter_vs_metrics_max_diff"] < 1e-9
+    assert small_report.metrics["adapter_vs_metrics_max_diff"] < 1e-9
 
 
 def test_grid_runner_and_train_many_give_the_same_numbers(small_report):
-    _, record = small_report
-    assert record["metrics"]["routes_compared"] == 4
-    assert record["metrics"]["routes_max_relative_diff"] < 1e-3
+    assert small_report.metrics["routes_compared"] == 4
+    assert small_report.metrics["routes_max_relative_diff"] < 1e-3
 
 
 def test_sweep_report_lists_failed_configs_with_their_error(small_report):
-    out, record = small_report
-    metrics = record["metrics"]
+    metrics = small_report.metrics
     assert (metrics["configs"], metrics["configs_ok"], metrics["configs_failed"]) == (6, 4, 2)
     assert metrics[f"lora_final_loss_r{BAD_RANK}_alpha1"] is None
-    executed = nbformat.read(out / "04_sweep_report.ipynb", as_version=4)
+    executed = nbformat.read(small_report.executed, as_version=4)
     tables = "".join(
         output.get("data", {}).get("text/html", "")
         for cell in executed.cells
@@ -222,9 +209,9 @@ def test_sweep_report_lists_failed_configs_with_their_error(small_report):
         ("04_sweep_report", "sweep_dir", "no/such/sweep"),
     ],
 )
-def test_a_bad_parameter_stops_the_run_naming_it(kernel_env, tmp_path, stem, name, value):
+def test_a_bad_parameter_stops_the_run_naming_it(kernel_env, run_notebook, tmp_path, stem, name, value):
     with pytest.raises(suite.NotebookRunError) as caught:
-        run(stem, tmp_path, **{**SMALL.get(stem, {}), name: value})
+        run_notebook(NOTEBOOKS / f"{stem}.ipynb", output_dir=tmp_path, **{**SMALL.get(stem, {}), name: value})
     error = caught.value
     assert error.ename == "ValueError"
     assert f"{name}=" in error.evalue and "is not allowed" in error.evalue
