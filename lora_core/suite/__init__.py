@@ -3,12 +3,14 @@
 notebook    read_parameters / metric_key: what every notebook does around its experiment
 plotting    the notebooks' figures (loss curves, ΔΘ heatmaps, sweep heatmaps)
 reports     what a run leaves behind: metrics.json, figures, HTML, the reports index
+markdown    a run as a Markdown blog post with its figures (lora-reports markdown)
 regression  check a run's metrics against a committed baseline (lora-regress)
 execute     run one notebook with papermill: parameters checked, failures explained
 sweep       run a notebook over a whole grid, resumably, in parallel (lora-sweep)
 reproduce   the main job: every notebook into reports/ (python -m lora_core reproduce)
 """
 
+from .markdown import export_markdown
 from .notebook import NotebookParameters, metric_key, parse_list, read_parameters
 from .plotting import (
     plot_delta_grid,
@@ -59,6 +61,7 @@ __all__ = [
     "build_index",
     "check_metrics",
     "environment_info",
+    "export_markdown",
     "metric_key",
     "parse_list",
     "plot_delta_grid",
