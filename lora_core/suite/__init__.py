@@ -13,6 +13,7 @@ reproduce   the main job: every notebook into reports/ (python -m lora_core repr
 from .markdown import export_markdown
 from .notebook import NotebookParameters, metric_key, parse_list, read_parameters
 from .plotting import (
+    metric_label,
     plot_delta_grid,
     plot_delta_heatmap,
     plot_loss_curves,
@@ -63,6 +64,7 @@ __all__ = [
     "environment_info",
     "export_markdown",
     "metric_key",
+    "metric_label",
     "parse_list",
     "plot_delta_grid",
     "plot_delta_heatmap",
