@@ -24,7 +24,7 @@ SKIPPED_TAGS = {"injected-parameters", "parameters"}
 # An absolute path: a "/" that starts a word (not in a URL, a ratio or "../x") with at
 # least one more "/" after it.
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~])/(?:[^\s/'\"`<>()\[\]]+/)+([^\s/'\"`<>()\[\],;]*)")
-_SAVED_FIGURE = re.compile(r"save_figure\([^)]*?[\"']([\w.-]+?)(?:\.png)?[\"']\s*\)")
+_SAVED_FIGURE = re.compile(r"save_figure\([^)]*?f?[\"']([^\"']+?)(?:\.png)?[\"']\s*\)")
 
 
 def _scrub(text: str, known: dict[str, str]) -> str:
@@ -142,6 +142,23 @@ def _first_sentence(markdown: str) -> str:
     return sentence if len(sentence) <= 160 else sentence[:157].rstrip() + "…"
 
 
+def _saved_names(source: str, run: Path) -> list[str]:
+    """The names a code cell saved its figures under, in the order it saved them.
+
+    A literal name is taken as it is; an f-string (one figure per loop turn) is looked up
+    among the run's PNG files, oldest first, which is the order the loop wrote them.
+    """
+    names = []
+    for template in _SAVED_FIGURE.findall(source):
+        if "{" not in template:
+            names.append(Path(template).stem)
+            continue
+        pattern = re.sub(r"\{[^}]*\}", "*", template)
+        found = sorted(run.glob(f"{pattern}.png"), key=lambda p: (p.stat().st_mtime_ns, p.name))
+        names += [p.stem for p in found]
+    return names
+
+
 class _Post:
     def __init__(self, figures_dir: Path, known: dict[str, str]):
         self.figures_dir = figures_dir
@@ -150,10 +167,9 @@ class _Post:
         self.figures: list[Path] = []
         self.context = ""  # the last markdown cell: what the next figure shows
 
-    def figure(self, png_base64: str, cell_source: str) -> str:
-        saved = _SAVED_FIGURE.findall(cell_source)
+    def figure(self, png_base64: str, saved: list[str]) -> str:
         number = len(self.figures) + 1
-        stem = saved[0] if len(saved) == 1 else f"figure-{number}"
+        stem = saved.pop(0) if saved else f"figure-{number}"
         name = f"{stem}.png"
         if any(f.name == name for f in self.figures):
             name = f"{stem}-{number}.png"
@@ -165,7 +181,7 @@ class _Post:
         alt = f"{words}: {self.context}" if self.context else words
         return f"![{alt.replace(']', ')').replace('[', '(')}]({FIGURES_DIR}/{name})"
 
-    def output(self, output: dict, cell_source: str) -> str | None:
+    def output(self, output: dict, saved: list[str]) -> str | None:
         kind = output.get("output_type")
         if kind == "stream":
             text = _scrub(output.get("text", ""), self.known).rstrip()
@@ -174,7 +190,7 @@ class _Post:
             return f"```text\n{output.get('ename')}: {_scrub(output.get('evalue', ''), self.known)}\n```"
         data = output.get("data", {})
         if "image/png" in data:
-            return self.figure(data["image/png"], cell_source)
+            return self.figure(data["image/png"], saved)
         if "text/html" in data:
             table = html_table_to_markdown(data["text/html"])
             if table:
@@ -222,8 +238,9 @@ def export_markdown(run_folder: str | os.PathLike, out: str | os.PathLike | None
             post.parts.append(_scrub(source, known))
         elif cell.cell_type == "code" and source:
             post.parts.append(f"```python\n{_scrub(source, known)}\n```")
+            saved = _saved_names(source, run)
             for output in cell.get("outputs", []):
-                rendered = post.output(output, source)
+                rendered = post.output(output, saved)
                 if rendered:
                     post.parts.append(rendered)
     body = "\n\n".join(post.parts)
