@@ -5,6 +5,7 @@ The library a reader learns LoRA from:
     layer       LoRALinear: a frozen nn.Linear plus a trainable rank-r update
     inject      add_lora / merge_lora / unmerge_lora / unload_lora on whole models
     adapters    save_adapter / load_adapter (safetensors + JSON config)
+    peft_format export_peft / import_peft: adapters in PEFT's own format
     tasks       make_regression / shift_theta: the blog's y = X·θ task and its shifts,
                 compare_delta / low_rank_error: how well a learned ΔΘ recovers a shift
     training    train -> History: the plain loop; evaluate, seed_everything, resolve_device
@@ -35,6 +36,7 @@ from .inject import (
     unmerge_lora,
 )
 from .layer import INITS, SCALINGS, LoRALinear, lora_scale
+from .peft_format import export_peft, import_peft
 from .tasks import (
     BLOG_LORA_LOSSES,
     BLOG_MERGED_LOSS,
@@ -74,6 +76,8 @@ __all__ = [
     "config_grid",
     "count_parameters",
     "evaluate",
+    "export_peft",
+    "import_peft",
     "load_adapter",
     "lora_modules",
     "lora_parameters",

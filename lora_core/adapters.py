@@ -1,9 +1,12 @@
 """Saving, loading and switching adapters.
 
 An adapter is the small part LoRA trains: each layer's A, B (and learnable scale). It is
-stored as PEFT stores its adapters, a folder with the tensors in ``adapter_model.safetensors``
-and the settings in ``adapter_config.json``. safetensors holds tensors only, so loading an
-adapter cannot run code, which a pickled ``.pt`` file can.
+stored as a folder with the tensors in ``lora_core_adapter.safetensors`` and the settings,
+per module, in ``lora_core_adapter.json``. The names are the suite's own: PEFT's
+``adapter_model.safetensors`` / ``adapter_config.json`` hold a different layout (Aᵀ, Bᵀ,
+one LoraConfig), which ``peft_format.export_peft`` writes and ``import_peft`` reads, so no
+file claims a format it is not. safetensors holds tensors only, so loading an adapter
+cannot run code, which a pickled ``.pt`` file can.
 
 Loading writes into the model's existing ``LoRALinear`` layers, so several adapters saved
 from one base can be loaded in turn to switch between adaptations without rebuilding it.
@@ -24,8 +27,8 @@ from .inject import lora_modules
 from .layer import INITS, SCALINGS, LoRALinear, lora_scale
 from .validation import check_choice, check_float, check_int
 
-WEIGHTS_NAME = "adapter_model.safetensors"
-CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "lora_core_adapter.safetensors"
+CONFIG_NAME = "lora_core_adapter.json"
 FORMAT_VERSION = 1
 
 

@@ -3,6 +3,7 @@
 notebook    read_parameters / metric_key: what every notebook does around its experiment
 plotting    the notebooks' figures (loss curves, ΔΘ heatmaps, sweep heatmaps)
 reports     what a run leaves behind: metrics.json, figures, HTML, the reports index
+markdown    a run as a Markdown blog post with its figures (lora-reports markdown)
 regression  check a run's metrics against a committed baseline (lora-regress)
 execute     run one notebook with papermill: parameters checked, failures explained
 sweep       run a notebook over a whole grid, resumably, in parallel (lora-sweep)
@@ -11,8 +12,10 @@ pytest_plugin  pytest --lora-notebooks: notebooks run and checked as test items 
                entry point; imported by pytest, never from here)
 """
 
+from .markdown import export_markdown
 from .notebook import NotebookParameters, metric_key, parse_list, read_parameters
 from .plotting import (
+    metric_label,
     plot_delta_grid,
     plot_delta_heatmap,
     plot_loss_curves,
@@ -61,7 +64,9 @@ __all__ = [
     "build_index",
     "check_metrics",
     "environment_info",
+    "export_markdown",
     "metric_key",
+    "metric_label",
     "parse_list",
     "plot_delta_grid",
     "plot_delta_heatmap",

@@ -26,13 +26,29 @@ from matplotlib import colormaps
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FixedLocator
 
 from ..validation import check_choice, check_int
 
 DIVERGING = "RdBu_r"  # red > 0 > blue, white at zero: the sign of an update reads at a glance
 SEQUENTIAL = "viridis"  # perceptually uniform for losses and errors
 HATCH = dict(facecolor="0.85", edgecolor="0.45", hatch="///", linewidth=0)
+# Words for the metric and parameter names that figure titles show; others lose their underscores.
+LABELS = {
+    "r": "rank r",
+    "lora_alpha": "lora_alpha (α)",
+    "scaling": "scaling rule",
+    "final_loss": "final loss",
+    "lora_final_loss": "LoRA final loss",
+    "best_loss": "best loss",
+    "delta_relative_error": "relative error of ΔΘ",
+    "delta_cosine": "cosine of ΔΘ with the shift",
+}
+
+
+def metric_label(name: str) -> str:
+    """The words a figure title uses for a metric or parameter name."""
+    return LABELS.get(name, str(name).replace("_", " "))
 
 
 # ---------------------------------------------------------------------------------------
@@ -220,6 +236,7 @@ def plot_singular_values(deltas: Mapping[str, Any], top: int | None = None, logy
         top = check_int("top", top, 1)
     fig = _new_figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.add_subplot()
+    shown: list[int] = []
     for label, delta in deltas.items():
         matrix = _array(f"deltas[{label!r}]", delta, 2)
         if not np.isfinite(matrix).all():
@@ -227,10 +244,11 @@ def plot_singular_values(deltas: Mapping[str, Any], top: int | None = None, logy
             continue
         values = np.linalg.svd(matrix, compute_uv=False)[:top]
         k = np.arange(1, len(values) + 1)
+        shown.append(len(values))
         ax.plot(k, values, marker="o", markersize=3 if len(values) > 30 else 5, label=str(label))
     if logy:
         ax.set_yscale("log")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(FixedLocator(_k_ticks(max(shown, default=1))))
     ax.set_xlabel("index k (largest first)")
     ax.set_ylabel(_log_label("singular value σ_k", logy))
     ax.set_title("Singular values of ΔΘ" + (f" (top {top})" if top else ""))
@@ -239,17 +257,27 @@ def plot_singular_values(deltas: Mapping[str, Any], top: int | None = None, logy
     return fig
 
 
+def _k_ticks(n: int) -> list[int]:
+    """Integer ticks for k = 1..n that always include k = 1, the value a rank-1 update is about."""
+    step = next(s for s in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 10**9) if n / s <= 10)
+    return sorted({1, *range(step, n + 1, step)})
+
+
 def plot_delta_grid(
     deltas: Mapping[str, Any],
     ncols: int | None = None,
     shared_scale: bool = True,
     title: str | None = None,
+    label: str = "ΔΘ",
+    center: float = 0.0,
 ) -> Figure:
-    """One ΔΘ heatmap per label, e.g. per rank of a sweep.
+    """One heatmap per entry, e.g. each config's ΔΘ, or its error ΔΘ − S.
 
-    With ``shared_scale`` one symmetric colour bar serves every panel, so magnitudes
-    compare across panels; without it each panel gets its own, so each one's structure
-    shows.
+    With ``shared_scale`` one colour bar serves every panel, so magnitudes compare across
+    panels; without it each panel gets its own, so each one's structure shows. ``label``
+    says what the panels hold (the colour bar's text). The scale is symmetric about
+    ``center``: 0 for updates and errors; the true value (1 for the all-ones shift) shows
+    how panels that are all close to it differ.
     """
     _mapping("deltas", deltas)
     matrices = {label: _array(f"deltas[{label!r}]", d, 2) for label, d in deltas.items()}
@@ -260,19 +288,19 @@ def plot_delta_grid(
     used = grid.flat[: len(matrices)]
     for ax in grid.flat[len(matrices) :]:
         fig.delaxes(ax)
-    shared = _symmetric_limit(*matrices.values())
-    for n, (ax, (label, matrix)) in enumerate(zip(used, matrices.items())):
-        limit = shared if shared_scale else _symmetric_limit(matrix)
-        image = ax.imshow(matrix, cmap=DIVERGING, vmin=-limit, vmax=limit, aspect="auto")
-        ax.set_title(str(label))
+    shared = _symmetric_limit(*(m - center for m in matrices.values()))
+    for n, (ax, (name, matrix)) in enumerate(zip(used, matrices.items())):
+        limit = shared if shared_scale else _symmetric_limit(matrix - center)
+        image = ax.imshow(matrix, cmap=DIVERGING, vmin=center - limit, vmax=center + limit, aspect="auto")
+        ax.set_title(str(name))
         if n % ncols == 0:
             ax.set_ylabel("input i")
         if n + ncols >= len(matrices):  # nothing below it
             ax.set_xlabel("output j")
         if not shared_scale:
-            fig.colorbar(image, ax=ax, label="ΔΘ (symmetric)")
+            fig.colorbar(image, ax=ax, label=f"{label} (own scale, symmetric about {center:g})")
     if shared_scale:
-        fig.colorbar(image, ax=list(used), label="ΔΘ (one scale for all, symmetric about 0)")
+        fig.colorbar(image, ax=list(used), label=f"{label} (one scale for all, symmetric about {center:g})")
     fig.suptitle(title or "Recovered ΔΘ")
     return fig
 
@@ -338,7 +366,7 @@ def plot_metric_heatmap(
     ax.set_yticks(range(grid.shape[0]), labels=[f"{r:g}" if _is_number(r) else str(r) for r in grid.index])
     ax.set_xlabel(columns)
     ax.set_ylabel(index)
-    ax.set_title(title or f"{values} over {index} × {columns}")
+    ax.set_title(title or f"{metric_label(values)} over {metric_label(index)} × {metric_label(columns)}")
     fig.colorbar(image, ax=ax, label=_log_label(values, log))
     if bad.any():
         handles = [Patch(**HATCH, label=f"× diverged or no number ({int(bad.sum())} configs)")]
@@ -416,7 +444,7 @@ def plot_metric_vs(
         ax.set_yscale("log")
     ax.set_xlabel(_log_label(x, logx))
     ax.set_ylabel(_log_label(y, logy))
-    ax.set_title(title or f"{y} against {x}")
+    ax.set_title(title or f"{metric_label(y)} against {metric_label(x)}")
     ax.grid(True, alpha=0.3)
     ax.legend()
     return fig

@@ -14,7 +14,7 @@ complete: an interrupted run leaves no file, or the previous complete one, never
 one. ``build_index`` walks a reports folder and writes an ``index.html`` linking every
 run (a folder holding ``metrics.json``) and every sweep (a folder holding ``summary.csv``).
 
-Command line: ``lora-reports index [ROOT]``.
+Command line: ``lora-reports index [ROOT]``; ``lora-reports markdown RUN_FOLDER`` (markdown.py).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import secrets
 import stat
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -136,10 +136,17 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
 # metrics.json
 
 
+# Besides torch and Python: the packages whose versions can move a run's numbers or files.
+RECORDED_PACKAGES = ("numpy", "pandas", "matplotlib", "safetensors", "papermill", "nbclient")
+LOCK_FILE = "requirements.lock"  # at the repository root; see scripts/lock.sh
+
+
 def environment_info(device: Any = None) -> dict:
     """Where a run ran: versions, platform, device, torch threads, git commit, UTC time.
 
     ``device`` is the device the run used; when not given, the one torch would pick.
+    ``lock_sha256`` is the hash of the checkout's lock file (None outside a checkout): equal
+    hashes and ``git_dirty`` false mean the run's environment was meant to be the locked one.
     """
     import torch
 
@@ -149,6 +156,8 @@ def environment_info(device: Any = None) -> dict:
     info = {
         "lora_core": _package_version(),
         "torch": torch.__version__,
+        **{name: _distribution_version(name) for name in RECORDED_PACKAGES},
+        "lock_sha256": _lock_hash(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "machine": platform.machine(),
@@ -175,6 +184,25 @@ def _package_version() -> str | None:
         # Running from a checkout that was never pip-installed.
         package = sys.modules.get("lora_core")
         return getattr(package, "__version__", None)
+
+
+def _distribution_version(name: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _lock_hash() -> str | None:
+    import hashlib
+
+    path = Path(__file__).resolve().parents[2] / LOCK_FILE
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 def _git_state() -> tuple[str | None, bool | None]:
@@ -205,22 +233,30 @@ def write_metrics(
     parameters: Mapping[str, Any],
     metrics: Mapping[str, Any],
     environment: Mapping[str, Any] | None = None,
+    headline: Sequence[str] = (),
 ) -> Path:
     """Write ``{output_dir}/metrics.json`` atomically and return its path.
 
     ``metrics`` is flat: name -> number (or None when there is none, e.g. a diverged
-    run). Timings are metrics whose names end in ``_seconds``.
+    run). Timings are metrics whose names end in ``_seconds``. ``headline`` names the few
+    metrics that say how the run went, in the notebook's judgement: the reports index
+    shows those.
     """
     if not isinstance(notebook, str) or not notebook:
         raise ValueError(f"notebook={notebook!r} is not allowed: expected a non-empty string")
     for name, mapping in (("parameters", parameters), ("metrics", metrics)):
         if not isinstance(mapping, Mapping):
             raise ValueError(f"{name}={mapping!r} is not allowed: expected a dict")
+    headline = [headline] if isinstance(headline, str) else list(headline)
+    unknown = [name for name in headline if name not in metrics]
+    if unknown:
+        raise ValueError(f"headline={headline!r} is not allowed: {unknown} are not among the metrics")
     content = {
         "notebook": notebook,
         "parameters": dict(parameters),
         "environment": dict(environment) if environment is not None else environment_info(),
         "metrics": {str(name): _metric_value(name, value) for name, value in metrics.items()},
+        "headline": headline,
     }
     return write_json_atomic(Path(output_dir) / METRICS_FILE, content)
 
@@ -294,29 +330,43 @@ def render_html(notebook_path: str | os.PathLike, html_path: str | os.PathLike |
 # Index of a reports folder
 
 
+# The size of a run, read from its parameters: the notebooks' defaults (the blog's scale)
+# and the small size the tests and the small baselines use. Anything else is "custom".
+SCALES = {
+    "full": dict(n=10000, d_in=1001, d_out=1000, epochs=100),
+    "small": dict(n=512, d_in=65, d_out=64, epochs=60),
+}
+_REPO_BASELINES = Path(__file__).resolve().parents[2] / "reports" / BASELINES_DIR
+
+
 def build_index(reports_root: str | os.PathLike = "reports") -> Path:
     """Write ``{reports_root}/index.html`` linking every run and sweep; returns its path.
 
     A run is a folder holding ``metrics.json``; a sweep is a folder holding
-    ``summary.csv``, and the runs inside a sweep are listed under it. The committed
-    ``baselines/`` folder is not a run and is skipped.
+    ``summary.csv``, and the runs inside a sweep are listed under it. Each run shows its
+    notebook's headline metrics, its size (full, small or custom) and its baseline
+    verdict (pass, drift or not checked); each sweep its notebook and its best config.
+    The committed ``baselines/`` folder is not a run and is skipped. A malformed
+    ``metrics.json`` is listed with a note and never stops the index.
     """
     root = Path(reports_root)
     if not root.is_dir():
         raise FileNotFoundError(f"reports folder {root} does not exist")
+    baselines = root / BASELINES_DIR if (root / BASELINES_DIR).is_dir() else _REPO_BASELINES
     sweeps, runs = [], []
     for folder in _report_folders(root):
         (sweeps if (folder / SUMMARY_FILE).is_file() else runs).append(folder)
     # A run inside a sweep is shown with its sweep, not again at top level.
     nested = {run: sweep for run in runs for sweep in sweeps if sweep in run.parents}
-    top_runs = [_run_entry(run, root) for run in runs if run not in nested]
+    top_runs = [_run_entry(run, root, baselines) for run in runs if run not in nested]
     sweep_entries = []
     for sweep in sweeps:
-        entry = _run_entry(sweep, root)
+        entry = _run_entry(sweep, root, baselines)
         entry["runs"] = _newest_first(
-            [_run_entry(run, root) for run, owner in nested.items() if owner == sweep]
+            [_run_entry(run, root, baselines) for run, owner in nested.items() if owner == sweep]
         )
         entry["configs"] = _sweep_counts(sweep / SUMMARY_FILE)
+        _describe_sweep(entry, sweep)
         sweep_entries.append(entry)
     page = _index_page(_newest_first(top_runs), _newest_first(sweep_entries))
     return write_text_atomic(root / INDEX_FILE, page)
@@ -336,33 +386,134 @@ def _report_folders(root: Path) -> list[Path]:
     return found
 
 
-def _run_entry(folder: Path, root: Path) -> dict:
+def run_scale(parameters: Mapping[str, Any]) -> str | None:
+    """ "full", "small" or "custom" from a run's parameters; None when it has no size parameters."""
+    for scale, sizes in SCALES.items():
+        if all(parameters.get(k) == v for k, v in sizes.items()):
+            return scale
+    return "custom" if any(k in parameters for k in SCALES["full"]) else None
+
+
+def _run_entry(folder: Path, root: Path, baselines: Path = _REPO_BASELINES) -> dict:
     entry = {
         "folder": folder.relative_to(root).as_posix() or ".",
         "notebook": "",
         "date": _dt.datetime.fromtimestamp(folder.stat().st_mtime, _dt.timezone.utc),
         "metrics": {},
+        "scale": "",
+        "verdict": "",
         "note": "",
         "links": _links(folder, root),
     }
     if (folder / METRICS_FILE).is_file():
         try:
             content = read_metrics(folder)
-        except (OSError, ValueError) as error:  # JSONDecodeError is a ValueError
-            entry["note"] = f"unreadable {METRICS_FILE}: {error}"
-            return entry
-        entry["notebook"] = str(content.get("notebook", ""))
-        metrics = content.get("metrics")
-        metrics = metrics if isinstance(metrics, dict) else {}
-        # The notebook's own order says which numbers lead; timings vary by machine.
-        shown = [k for k in metrics if not str(k).endswith("_seconds")][:KEY_METRICS]
-        entry["metrics"] = {k: metrics[k] for k in shown}
-        timestamp = (content.get("environment") or {}).get("timestamp")
-        try:
-            entry["date"] = _dt.datetime.fromisoformat(timestamp)
-        except (TypeError, ValueError):
-            pass  # keep the folder's modification time
+            _fill_entry(entry, content, baselines)
+        except (OSError, ValueError, TypeError, AttributeError) as error:
+            # One hand-edited or truncated file must not cost the index of every other run.
+            entry["note"] = f"unreadable {METRICS_FILE}, skipped: {error}"
+            entry["metrics"], entry["scale"], entry["verdict"] = {}, "", ""
     return entry
+
+
+def _field(content: dict, name: str, kind: type) -> Any:
+    value = content.get(name, kind())
+    if not isinstance(value, kind):
+        raise ValueError(f'"{name}" is a {type(value).__name__}, expected a JSON {kind.__name__}')
+    return value
+
+
+def _fill_entry(entry: dict, content: dict, baselines: Path) -> None:
+    metrics = _field(content, "metrics", dict)
+    parameters = _field(content, "parameters", dict)
+    environment = _field(content, "environment", dict)
+    headline = _field(content, "headline", list)
+    entry["notebook"] = str(content.get("notebook", ""))
+    shown = [k for k in headline if k in metrics]
+    if not shown:
+        # Written before notebooks declared a headline: the first numbers, timings aside.
+        shown = [k for k in metrics if not str(k).endswith("_seconds")][:KEY_METRICS]
+        entry["note"] = "no headline declared: the first metrics" if metrics else ""
+    entry["metrics"] = {k: metrics[k] for k in shown}
+    entry["scale"] = run_scale(parameters) or _sweep_scale(parameters) or "—"
+    entry["verdict"] = _verdict(content, entry["notebook"], entry["scale"], baselines)
+    try:
+        entry["date"] = _dt.datetime.fromisoformat(environment.get("timestamp"))
+    except (TypeError, ValueError):
+        pass  # keep the folder's modification time
+
+
+def _sweep_scale(parameters: Mapping[str, Any]) -> str | None:
+    """A report over a sweep (notebook 04) has the size of the sweep it reads."""
+    sweep_dir = parameters.get("sweep_dir")
+    if not isinstance(sweep_dir, str) or not (Path(sweep_dir) / SWEEP_FILE).is_file():
+        return None
+    try:
+        fixed = read_json(Path(sweep_dir) / SWEEP_FILE).get("fixed") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(fixed, dict):
+        return None
+    # Size parameters a sweep leaves out take the notebook's defaults: the full size.
+    return run_scale({**SCALES["full"], **fixed})
+
+
+def _verdict(content: dict, notebook: str, scale: str, baselines: Path) -> str:
+    from .regression import check_metrics
+
+    baseline = baselines / f"{notebook}.{scale}.json"
+    if scale not in SCALES or not baseline.is_file():
+        return "not checked"
+    try:
+        report = check_metrics(content, baseline)
+    except ValueError as error:  # an unreadable baseline: say so, keep the run listed
+        return f"not checked: {error}"
+    if report.ok:
+        return "pass"
+    return (
+        f"drift ({len(report.failed)} of {len(report.table)} metrics)"
+        + ("; " if report.problems else "")
+        + "; ".join(report.problems)
+    )
+
+
+def _describe_sweep(entry: dict, sweep: Path) -> None:
+    """The sweep's notebook and its best finished config by the notebook's first headline metric."""
+    import pandas as pd
+
+    try:
+        record = read_json(sweep / SWEEP_FILE) if (sweep / SWEEP_FILE).is_file() else {}
+        entry["notebook"] = Path(str(record.get("notebook", ""))).stem
+        grid = list(record.get("grid") or {})
+        fixed = record.get("fixed")
+        if isinstance(fixed, dict):  # size parameters left out take the notebook's defaults
+            entry["scale"] = run_scale({**SCALES["full"], **fixed})
+        frame = pd.read_csv(sweep / SUMMARY_FILE)
+    except Exception as error:  # a partial or hand-edited sweep must not break the index
+        entry["note"] = f"unreadable sweep record: {error}"
+        return
+    if "status" in frame.columns:
+        frame = frame[frame["status"] == "ok"]
+    metric = _sweep_metric(sweep, frame)
+    if metric is None or frame[metric].dropna().empty:
+        return
+    best = frame.loc[frame[metric].idxmin()]
+    config = ", ".join(f"{k}={best[k]}" for k in grid if k in best)
+    entry["metrics"] = {f"best ({config or best.get('path', '?')}): {metric}": best[metric]}
+
+
+def _sweep_metric(sweep: Path, frame: Any) -> str | None:
+    """The first headline metric its runs declared that summary.csv has; else a loss column."""
+    for path in frame.get("path", []):
+        try:
+            headline = read_metrics(sweep / str(path)).get("headline") or []
+        except (OSError, ValueError):
+            continue
+        for name in headline if isinstance(headline, list) else []:
+            if name in frame.columns and frame[name].dtype.kind in "fi":
+                return name
+    losses = [c for c in frame.columns if "loss" in str(c) and frame[c].dtype.kind in "fi"]
+    return losses[0] if losses else None
 
 
 def _links(folder: Path, root: Path) -> list[tuple[str, str]]:
@@ -413,19 +564,25 @@ def _entry_cells(entry: dict) -> str:
     esc = html.escape
     metrics = "<br>".join(f"{esc(str(k))} = {esc(_format_number(v))}" for k, v in entry["metrics"].items())
     if entry["note"]:
-        metrics = f'<span class="note">{esc(entry["note"])}</span>'
+        metrics += ("<br>" if metrics else "") + f'<span class="note">{esc(entry["note"])}</span>'
+    verdict = entry.get("verdict", "")
+    css = "pass" if verdict == "pass" else "note" if verdict.startswith("drift") else ""
     links = " · ".join(f'<a href="{h}">{esc(label)}</a>' for label, h in entry["links"])
     first = entry["links"][0][1] if entry["links"] else quote(entry["folder"])
     return (
         f'<td><a href="{first}">{esc(entry["folder"])}</a></td>'
         f"<td>{esc(entry['notebook'])}</td>"
         f"<td>{entry['date'].strftime('%Y-%m-%d %H:%M')}</td>"
+        f'<td>{esc(entry.get("scale", ""))}</td><td class="{css}">{esc(verdict)}</td>'
         f"<td>{metrics}</td><td>{links}</td>"
     )
 
 
 def _index_page(runs: list[dict], sweeps: list[dict]) -> str:
-    head = "<tr><th>folder</th><th>notebook</th><th>date (UTC)</th><th>key metrics</th><th>files</th></tr>"
+    head = (
+        "<tr><th>folder</th><th>notebook</th><th>date (UTC)</th><th>size</th><th>baseline</th>"
+        "<th>headline metrics</th><th>files</th></tr>"
+    )
     run_rows = "\n".join(f"<tr>{_entry_cells(e)}</tr>" for e in runs)
     sweep_rows = []
     for sweep in sweeps:
@@ -434,7 +591,7 @@ def _index_page(runs: list[dict], sweeps: list[dict]) -> str:
             f"<details><summary>{html.escape(sweep['configs'])}</summary>"
             f"<table>{head}\n{inner}</table></details>"
         )
-        sweep_rows.append(f"<tr>{_entry_cells(sweep)}</tr><tr><td colspan=5>{details}</td></tr>")
+        sweep_rows.append(f"<tr>{_entry_cells(sweep)}</tr><tr><td colspan=7>{details}</td></tr>")
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>lora_core reports</title>
@@ -444,6 +601,7 @@ table {{ border-collapse: collapse; margin-bottom: 2em; }}
 th, td {{ border: 1px solid #ccc; padding: 0.35em 0.6em; text-align: left; vertical-align: top; }}
 th {{ background: #f3f3f3; }}
 .note {{ color: #a00; }}
+.pass {{ color: #070; }}
 </style></head><body>
 <h1>lora_core reports</h1>
 <p>Generated {now}. A run is complete when its folder holds {METRICS_FILE}.</p>
@@ -462,15 +620,23 @@ th {{ background: #f3f3f3; }}
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``lora-reports index [ROOT]``: (re)write ROOT/index.html and print its path."""
+    """``lora-reports index [ROOT]`` and ``lora-reports markdown RUN_FOLDER [--out DIR]``."""
     parser = argparse.ArgumentParser(prog="lora-reports", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     index = commands.add_parser("index", help="write ROOT/index.html linking every run and sweep")
     index.add_argument("root", nargs="?", default="reports", help="reports folder (default: reports)")
+    post = commands.add_parser("markdown", help="turn an executed run into a Markdown post with its figures")
+    post.add_argument("run_folder", help="a run folder: metrics.json and the executed notebook")
+    post.add_argument("--out", default=None, help="where the post goes (default: RUN_FOLDER/markdown)")
     args = parser.parse_args(argv)
     try:
-        path = build_index(args.root)
-    except FileNotFoundError as error:
+        if args.command == "markdown":
+            from .markdown import export_markdown
+
+            path = export_markdown(args.run_folder, args.out)
+        else:
+            path = build_index(args.root)
+    except (FileNotFoundError, ValueError) as error:
         print(f"lora-reports: error: {error}", file=sys.stderr)
         return 2
     print(path)

@@ -35,8 +35,11 @@ def test_round_trip_restores_outputs_and_writes_no_pickle(tmp_path):
     x = torch.randn(7, 6)
     expected = model(x)
     folder = save_adapter(model, tmp_path / "a", name="task-a")
-    assert sorted(p.name for p in folder.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
-    config = json.loads((folder / "adapter_config.json").read_text())
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "lora_core_adapter.json",
+        "lora_core_adapter.safetensors",
+    ]
+    config = json.loads((folder / "lora_core_adapter.json").read_text())
     assert config["name"] == "task-a" and config["r"] == 2 and config["lora_alpha"] == 3.0
     assert config["modules"]["2"] == {
         "in_features": 5,
@@ -124,7 +127,7 @@ def test_a_refused_load_copies_nothing(tmp_path):
     source = _model()
     _randomise(source, 1)
     save_adapter(source, tmp_path / "a")
-    config_path = tmp_path / "a" / "adapter_config.json"
+    config_path = tmp_path / "a" / "lora_core_adapter.json"
     config = json.loads(config_path.read_text())
     config["modules"]["2"]["r"] = 1  # module 0 would load, module 2 is refused
     config_path.write_text(json.dumps(config))
@@ -136,7 +139,7 @@ def test_a_refused_load_copies_nothing(tmp_path):
 
 
 def test_missing_adapter_and_adapterless_model_are_clear_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="adapter_config.json"):
+    with pytest.raises(FileNotFoundError, match="lora_core_adapter.json"):
         read_adapter_config(tmp_path / "nowhere")
     with pytest.raises(ValueError, match="no LoRALinear"):
         save_adapter(nn.Linear(3, 3), tmp_path / "x")

@@ -9,16 +9,19 @@ own notebook tests would.
 
 import math
 import os
+import re
 from pathlib import Path
 
 import nbformat
 import pytest
 import torch
+import yaml
 from conftest import image_outputs, printed_text
 
 import lora_core as lc
 from lora_core.suite.execute import NotebookRunError
 from lora_core.suite.pytest_plugin import assert_baseline
+from lora_core.suite.reports import main as reports_main
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO / "notebooks" / "01_rank1_recovery.ipynb"
@@ -133,3 +136,35 @@ def test_full_scale_reproduces_the_blog(fresh_cache, run_notebook):
     warm = run_notebook(NOTEBOOK)
     assert "Loaded from the cache" in printed_text(warm.executed)
     assert without_timings(warm.metrics) == without_timings(cold)
+
+
+# ---------------------------------------------------------------------------------------
+# The run as a Markdown post
+
+
+def test_small_run_exports_as_a_markdown_post(small_run, tmp_path):
+    out, record = small_run.folder, small_run.record
+    assert reports_main(["markdown", str(out), "--out", str(tmp_path / "post")]) == 0
+    text = (tmp_path / "post" / "01_rank1_recovery.md").read_text(encoding="utf-8")
+
+    _, matter, body = text.split("---\n", 2)
+    front = yaml.safe_load(matter)
+    assert front["title"] == "Rank-1 recovery: LoRA on a problem whose answer we know"
+    assert front["date"] == record["environment"]["timestamp"]
+    assert front["git_commit"] == record["environment"]["git_commit"]
+    assert {k: front["parameters"][k] for k in SMALL} == SMALL
+    assert "output_dir" not in front["parameters"]
+
+    # No parameters cell, papermill's or the notebook's: the front matter has the values.
+    assert "```python\n# Parameters" not in body and "d_in: int = 1001" not in body
+    assert str(out) not in text and str(Path.home()) + "/" not in text
+
+    figures = sorted(p.name for p in (tmp_path / "post" / "figures").iterdir())
+    assert figures == sorted(FIGURES)
+    for name in FIGURES:
+        (alt,) = re.findall(rf"!\[([^\]]+)\]\(figures/{re.escape(name)}\)", body)
+        assert len(alt) > len(name)  # says more than the file name
+    # ΔΘ's corner and the summary as Markdown tables, not HTML.
+    assert "<table" not in body
+    assert re.search(r"^\| i \\ j \| 0 \| 1 \| 2 \| 3 \| 4 \|\n\|(---\|){6}$", body, re.M)
+    assert body.count("|---|") >= 3

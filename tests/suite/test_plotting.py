@@ -122,6 +122,30 @@ def test_delta_grid_shares_one_symmetric_colourbar_or_gives_each_its_own():
     assert len(panels(separate)) == 5 and len(colourbars(separate)) == 5
 
 
+def test_delta_grid_names_what_its_panels_show_and_centres_where_asked():
+    errors = {f"r={r}": torch.randn(6, 5) * 1e-3 for r in (1, 2)}
+    (bar,) = colourbars(plotting.plot_delta_grid(errors, label="ΔΘ − S"))
+    assert bar.get_ylabel().startswith("ΔΘ − S (one scale")
+    # All entries near 1: centred on 1 each panel's scale spans its own small deviations.
+    near_one = {name: 1 + e for name, e in errors.items()}
+    fig = plotting.plot_delta_grid(near_one, shared_scale=False, center=1.0)
+    for ax, e in zip(panels(fig), errors.values()):
+        low, high = ax.images[0].get_clim()
+        assert low + high == pytest.approx(2.0) and high - 1 == pytest.approx(e.abs().max().item(), rel=1e-3)
+
+
+@pytest.mark.parametrize("top", [5, 20, 60])
+def test_singular_value_plot_labels_k_1(top):
+    fig = plotting.plot_singular_values({"ΔΘ": torch.randn(70, 65)}, top=top)
+    ticks = list(fig.axes[0].get_xticks())
+    assert ticks[0] == 1 and ticks[-1] <= top and len(ticks) <= 11
+
+
+def test_sweep_titles_use_words_not_column_names(sweep):
+    fig = plotting.plot_metric_heatmap(sweep, index="r", columns="lora_alpha", values="final_loss")
+    assert panels(fig)[0].get_title() == "final loss over rank r × lora_alpha (α)"
+
+
 # ---- sweeps -------------------------------------------------------------------------------
 
 

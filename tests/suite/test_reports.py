@@ -1,8 +1,10 @@
 """What a run leaves behind: atomic metrics.json, environment, figures, HTML, the index."""
 
 import base64
+import hashlib
 import json
 import math
+from pathlib import Path
 
 import matplotlib
 
@@ -10,7 +12,9 @@ matplotlib.use("Agg")
 
 import nbformat
 import numpy as np
+import pandas as pd
 import pytest
+import safetensors
 import torch
 from matplotlib.figure import Figure
 
@@ -34,7 +38,8 @@ def test_write_metrics_round_trips_through_read_metrics(tmp_path):
     )
     assert path == tmp_path / "metrics.json"
     content = reports.read_metrics(tmp_path)  # the run folder is enough
-    assert list(content) == ["notebook", "parameters", "environment", "metrics"]
+    assert list(content) == ["notebook", "parameters", "environment", "metrics", "headline"]
+    assert content["headline"] == []
     assert content["notebook"] == "01_rank1_recovery"
     assert content["parameters"] == {"r": 1, "lr": 1e-3}
     assert content["metrics"]["count"] == 2001
@@ -108,6 +113,11 @@ def test_environment_info_records_versions_device_threads_and_utc_time():
     assert info["timestamp"].endswith("+00:00")
     assert info["git_commit"] is None or len(info["git_commit"]) == 40
     assert {"lora_core", "python", "platform"} <= set(info)
+    assert (info["numpy"], info["pandas"]) == (np.__version__, pd.__version__)
+    assert info["safetensors"] == safetensors.__version__
+    assert {"matplotlib", "papermill", "nbclient"} <= set(info)
+    lock = Path(reports.__file__).resolve().parents[2] / "requirements.lock"
+    assert info["lock_sha256"] == hashlib.sha256(lock.read_bytes()).hexdigest()
     json.dumps(info)  # goes into metrics.json as it is
 
 
@@ -208,6 +218,88 @@ def test_index_survives_a_corrupt_metrics_file(reports_root):
     page = reports.build_index(reports_root).read_text()
     assert "unreadable metrics.json" in page
     assert "Runs (2)" in page
+
+
+def test_index_shows_the_headline_the_notebook_declared(reports_root):
+    folder = reports_root / "declared"
+    metrics = {"shifted_base_loss": 1001.0, "lora_final_loss": 0.0013, "delta_mean": 0.9999}
+    reports.write_metrics(folder, "01_rank1_recovery", {}, metrics, {}, headline=["delta_mean"])
+    page = reports.build_index(reports_root).read_text()
+    row = next(line for line in page.splitlines() if ">declared<" in line)
+    assert "delta_mean = 0.9999" in row and "shifted_base_loss" not in row
+    with pytest.raises(ValueError, match=r"headline=\['typo'\].*\['typo'\] are not among the metrics"):
+        reports.write_metrics(folder, "01_rank1_recovery", {}, metrics, {}, headline=["typo"])
+
+
+def _sized_run(root, name, scale, loss):
+    parameters = dict(reports.SCALES["small"]) if scale == "small" else dict(n=100, d_in=9, d_out=8, epochs=5)
+    reports.write_metrics(
+        root / name, "01_rank1_recovery", parameters, {"lora_final_loss": loss}, {}, ["lora_final_loss"]
+    )
+
+
+def test_index_gives_each_run_its_size_and_baseline_verdict(tmp_path):
+    root = tmp_path / "reports"
+    (root / "baselines").mkdir(parents=True)
+    baseline = {
+        "notebook": "01_rank1_recovery",
+        "metrics": {"lora_final_loss": {"value": 0.0013, "rtol": 0.1}},
+    }
+    (root / "baselines" / "01_rank1_recovery.small.json").write_text(json.dumps(baseline))
+    _sized_run(root, "close", "small", 0.00131)
+    _sized_run(root, "far", "small", 0.01)
+    _sized_run(root, "tiny", "custom", 0.00131)
+    rows = {
+        name: next(line for line in reports.build_index(root).read_text().splitlines() if f">{name}<" in line)
+        for name in ("close", "far", "tiny")
+    }
+    assert "<td>small</td>" in rows["close"] and ">pass<" in rows["close"]
+    assert ">drift (1 of 1 metrics)<" in rows["far"]
+    assert "<td>custom</td>" in rows["tiny"] and ">not checked<" in rows["tiny"]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        {"notebook": "01_rank1_recovery", "environment": "x", "metrics": {"loss": 1.0}},
+        {"notebook": "01_rank1_recovery", "metrics": [1, 2]},
+        {"notebook": "01_rank1_recovery", "parameters": None, "metrics": {}},
+        [1, 2, 3],
+    ],
+)
+def test_one_malformed_metrics_file_is_noted_and_every_other_run_still_indexed(reports_root, content, capsys):
+    # Issue 12, item 7: `"environment": "x"` used to raise and leave no index at all.
+    (reports_root / "hand_edited").mkdir()
+    (reports_root / "hand_edited" / "metrics.json").write_text(json.dumps(content))
+    assert reports.main(["index", str(reports_root)]) == 0
+    page = (reports_root / "index.html").read_text()
+    row = next(line for line in page.splitlines() if ">hand_edited<" in line)
+    assert "unreadable metrics.json, skipped" in row
+    assert "lora_final_loss = 0.0013" in page  # the good run is there as before
+    assert "Runs (2)" in page
+
+
+def test_index_names_a_sweeps_notebook_and_best_config(tmp_path):
+    sweep = tmp_path / "reports" / "sweeps" / "r_sweep"
+    sweep.mkdir(parents=True)
+    record = {"notebook": "notebooks/01_rank1_recovery.ipynb", "grid": {"r": [1, 2, 4]}, "fixed": {}}
+    (sweep / "sweep.json").write_text(json.dumps(record))
+    rows = ["r,lora_final_loss,status,path", "1,0.004,ok,r=1", "2,0.001,ok,r=2", "4,,failed,r=4"]
+    (sweep / "summary.csv").write_text("\n".join(rows) + "\n")
+    for r, loss in ((1, 0.004), (2, 0.001)):
+        reports.write_metrics(
+            sweep / f"r={r}",
+            "01_rank1_recovery",
+            {"r": r},
+            {"lora_final_loss": loss},
+            {},
+            ["lora_final_loss"],
+        )
+    page = reports.build_index(tmp_path / "reports").read_text()
+    row = next(line for line in page.splitlines() if ">sweeps/r_sweep<" in line)
+    assert "<td>01_rank1_recovery</td>" in row
+    assert "best (r=2): lora_final_loss = 0.001" in row
+    assert "<td>full</td>" in row  # no size parameter fixed: the notebook's defaults
 
 
 def test_reports_cli_writes_the_index(reports_root, capsys):

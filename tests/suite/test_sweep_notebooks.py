@@ -19,6 +19,7 @@ import pytest
 from conftest import image_outputs, printed_text
 
 from lora_core import suite
+from lora_core.suite.markdown import export_markdown
 from lora_core.suite.pytest_plugin import assert_baseline
 
 REPO = Path(__file__).resolve().parents[2]
@@ -217,3 +218,22 @@ def test_a_bad_parameter_stops_the_run_naming_it(kernel_env, run_notebook, tmp_p
     assert f"{name}=" in error.evalue and "is not allowed" in error.evalue
     assert error.cell_index == validation_cell_index(stem)
     assert not (tmp_path / "metrics.json").exists()
+
+
+def assert_exports_as_a_post_with_its_headline(stem, run, tmp_path):
+    out, record = run.folder, run.record
+    assert record["headline"] and set(record["headline"]) <= set(record["metrics"])
+    text = export_markdown(out, tmp_path).read_text(encoding="utf-8")
+    assert text.startswith("---\n") and str(out) not in text and "<table" not in text
+    figures = sorted(p.name for p in (tmp_path / "figures").iterdir())
+    assert figures == sorted(f"{name}.png" for name in FIGURES[stem])
+    assert all(f"](figures/{name})" in text for name in figures)
+
+
+@pytest.mark.parametrize("stem", ["02_rank_sweep", "03_alpha_sweep"])
+def test_sweep_notebook_exports_as_a_markdown_post_with_its_headline(small_runs, stem, tmp_path):
+    assert_exports_as_a_post_with_its_headline(stem, small_runs(stem), tmp_path)
+
+
+def test_report_notebook_exports_as_a_markdown_post_with_its_headline(small_report, tmp_path):
+    assert_exports_as_a_post_with_its_headline("04_sweep_report", small_report, tmp_path)
