@@ -20,7 +20,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "Installing lora_core and its dependencies into $VENV"
   python -m pip install --quiet --upgrade pip
   # torch is pinned exactly in pyproject.toml: a looser pin pulls a multi-GB CUDA build.
-  python -m pip install --quiet -e "$ROOT[dev,peers]"
+  python -m pip install --quiet -e "$ROOT[dev,peers,dask]"
   echo "$want" > "$stamp"
 fi
 cd "$ROOT"

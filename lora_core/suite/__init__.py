@@ -6,6 +6,7 @@ reports     what a run leaves behind: metrics.json, figures, HTML, the reports i
 regression  check a run's metrics against a committed baseline (lora-regress)
 execute     run one notebook with papermill: parameters checked, failures explained
 sweep       run a notebook over a whole grid, resumably, in parallel (lora-sweep)
+cluster     the same on a Dask cluster, files shipped back (lora-sweep --dask)
 reproduce   the main job: every notebook into reports/ (python -m lora_core reproduce)
 """
 

@@ -50,7 +50,7 @@ import tempfile
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Executor, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -466,7 +466,7 @@ def _outcomes(
                 name = queue.popleft()
                 try:
                     submit(name)
-                except Exception as err:  # a broken pool takes no more work
+                except BrokenExecutor as err:  # e.g. a pool one of whose processes died
                     yield name, _lost(err, attempts[name])
             if not running:
                 continue
@@ -477,7 +477,7 @@ def _outcomes(
                     outcome = future.result()
                 except Exception as err:  # the executor lost this config (e.g. its worker died)
                     if attempts[name] < ATTEMPTS:
-                        with contextlib.suppress(Exception):
+                        with contextlib.suppress(BrokenExecutor):
                             submit(name)
                             continue
                     outcome = _lost(err, attempts[name])
@@ -492,11 +492,14 @@ def _outcomes(
 
 
 def _lost(err: Exception, attempts: int) -> dict[str, Any]:
-    tries = {0: "never", 1: "once"}.get(attempts, f"{attempts} times")
+    if attempts == 0:
+        why = "the executor could not start the config"
+    else:
+        why = "the executor lost the config, started " + ("once" if attempts == 1 else f"{attempts} times")
     return {
         "status": "failed",
         "ename": type(err).__name__,
-        "evalue": f"{err} (the config was lost by the executor, started {tries})",
+        "evalue": f"{err} ({why})",
         "seconds": math.nan,
     }
 
