@@ -35,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "01_rank1_recovery.ipynb"
 GRID = {"r": [1, 2, 4], "lora_alpha": [1.0, 8.0, 64.0]}
-QUICK = {"n": 512, "d_in": 65, "d_out": 64, "epochs": 5}  # fixed parameters of --quick
+QUICK = {"n": 512, "d_in": 65, "d_out": 64, "epochs": 5, "eval_every": 5}  # fixed parameters of --quick
 GOALS = {"dask / jobs1": 0.65, "jobs1 / inline": 2.5}
 
 
@@ -43,11 +43,11 @@ def fill_cache(fixed: dict) -> None:
     """Pre-train the base once, as the notebook does, so that every config finds it cached."""
     import lora_core as lc
 
-    p = {"n": 10000, "d_in": 1001, "d_out": 1000, "epochs": 100, **fixed}
+    p = {"n": 10000, "d_in": 1001, "d_out": 1000, "epochs": 100, "eval_every": 10, **fixed}
     X, y, _ = lc.make_regression(p["n"], p["d_in"], p["d_out"], seed=0)
     lc.pretrain_base(
         X, y, epochs=p["epochs"], batch_size=128, lr=1e-3, sampling="with_replacement",
-        eval_every=10, seed=0, device="cpu", progress=False, cache=True,
+        eval_every=p["eval_every"], seed=0, device="cpu", progress=False, cache=True,
     )  # fmt: skip
 
 
@@ -59,9 +59,11 @@ def inline(fixed: dict, output: Path) -> None:
     from lora_core import suite
     from lora_core.suite.sweep import config_name
 
-    p = {"n": 10000, "d_in": 1001, "d_out": 1000, "epochs": 100, **fixed}
+    p = {"n": 10000, "d_in": 1001, "d_out": 1000, "epochs": 100, "eval_every": 10, **fixed}
     X, y, theta = lc.make_regression(p["n"], p["d_in"], p["d_out"], seed=0)
-    schedule = dict(epochs=p["epochs"], batch_size=128, lr=1e-3, sampling="with_replacement", eval_every=10)
+    schedule = dict(
+        epochs=p["epochs"], batch_size=128, lr=1e-3, sampling="with_replacement", eval_every=p["eval_every"]
+    )
     base, pretrain = lc.pretrain_base(X, y, seed=0, device="cpu", progress=False, cache=True, **schedule)
     theta2, shift = lc.shift_theta(theta, "ones")
     X2, y2, _ = lc.make_regression(p["n"], p["d_in"], p["d_out"], seed=1, theta=theta2)
