@@ -37,7 +37,9 @@ _RUNNER_NAMES = {
     "NotebookRunError": "execute",
     "execute_notebook": "execute",
     "notebook_parameters": "execute",
+    "SweepBusyError": "sweep",
     "SweepResult": "sweep",
+    "dask_executor": "cluster",
     "load_sweep": "sweep",
     "run_sweep": "sweep",
 }

@@ -5,8 +5,10 @@ where they need to change it. Tests that take the ``route`` fixture run twice: o
 local route and on a two-worker Dask LocalCluster, whose workers ship the files back.
 """
 
+import fcntl
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -356,8 +358,6 @@ def test_second_sweep_into_a_busy_folder_is_refused_and_the_first_is_unharmed(tm
 def test_command_line_names_the_busy_folder(tmp_path, capsys):
     folder = tmp_path / "busy"
     folder.mkdir()
-    import fcntl
-
     with open(folder / LOCK_FILE, "w") as held:
         held.write("pid 1 on elsewhere")
         held.flush()
@@ -422,3 +422,20 @@ def test_config_whose_worker_is_killed_is_retried_once_then_recorded(tmp_path, d
         tmp_path / "lost", {"mode": ["kill_worker_once", "ok"]}, {"label": str(marker)}, executor=dask_pool
     )
     assert list(again.summary["status"])[:2] == ["skipped", "skipped"]
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--dask", "bogus"], r"--dask bogus is not allowed: expected local, local:N, a scheduler address"),
+        (["--dask", "local:0"], r"--dask local:0 is not allowed: expected local:N with N >= 1"),
+        (["--dask", "local:2", "--jobs", "2"], r"--jobs 2 with --dask is not allowed"),
+    ],
+)
+def test_command_line_refuses_a_bad_dask_cluster_before_anything_runs(tmp_path, capsys, arguments, message):
+    pytest.importorskip("distributed")
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(NOTEBOOK), "--grid", "x=1,2", "--output", str(tmp_path / "cli"), *arguments])
+    assert exit_info.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "cli").exists()
