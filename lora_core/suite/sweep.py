@@ -48,6 +48,7 @@ import socket
 import sys
 import tempfile
 import time
+import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Executor, Future, ProcessPoolExecutor, wait
@@ -222,7 +223,9 @@ def _write_shipped(folder: Path, files: Mapping[str, bytes]) -> None:
             raise ValueError(f"shipped file {name!r} is not allowed: expected a path inside {folder}")
         path = folder / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+        # os.open rather than mkstemp: the umask applies, as to the local route's files.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(files[name])
