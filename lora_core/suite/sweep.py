@@ -51,7 +51,7 @@ import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Executor, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Executor, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -449,26 +449,28 @@ def _outcomes(
             initializer=_pool_worker,
             initargs=(max(1, (os.cpu_count() or 1) // workers),),
         )
-    # Our pool gets no more configs than it has workers: a pool queues a few configs
-    # ahead, and a queued config cannot be cancelled, so Ctrl-C would wait for it.
-    # Another executor queues as it likes and cancels what has not started.
-    limit = workers if own_pool else len(tasks)
+
+    # No config waits on a worker, only in our queue: a pool queues a few configs ahead
+    # and a queued config cannot be cancelled (Ctrl-C would wait for it), and Dask counts
+    # a worker's death against every config assigned to it, running or not.
+    def limit() -> int:
+        if own_pool:
+            return workers
+        client = getattr(executor, "_client", None) if _is_dask(executor) else None
+        return max(1, sum(client.nthreads().values())) if client is not None else len(tasks)
+
     # Resubmitted configs must not be taken for the lost run (Dask keys pure calls).
     options = {"pure": False} if _is_dask(executor) else {}
     queue, attempts, running = deque(tasks), Counter(), {}
-
-    def submit(name: str) -> Future:
-        future = executor.submit(run, *tasks[name], **options)
-        attempts[name] += 1
-        running[future] = name
-        return future
-
     try:
         while queue or running:
-            while queue and len(running) < limit:
+            free = limit() - len(running)
+            while queue and free > 0:
                 name = queue.popleft()
                 try:
-                    submit(name)
+                    running[executor.submit(run, *tasks[name], **options)] = name
+                    attempts[name] += 1
+                    free -= 1
                 except BrokenExecutor as err:  # e.g. a pool one of whose processes died
                     yield name, _lost(err, attempts[name])
             if not running:
@@ -480,9 +482,8 @@ def _outcomes(
                     outcome = future.result()
                 except Exception as err:  # the executor lost this config (e.g. its worker died)
                     if attempts[name] < ATTEMPTS:
-                        with contextlib.suppress(BrokenExecutor):
-                            submit(name)
-                            continue
+                        queue.appendleft(name)  # next, on whichever worker is free
+                        continue
                     outcome = _lost(err, attempts[name])
                 yield name, outcome
     finally:
