@@ -7,6 +7,7 @@ markdown    a run as a Markdown blog post with its figures (lora-reports markdow
 regression  check a run's metrics against a committed baseline (lora-regress)
 execute     run one notebook with papermill: parameters checked, failures explained
 sweep       run a notebook over a whole grid, resumably, in parallel (lora-sweep)
+cluster     the same on a Dask cluster, files shipped back (lora-sweep --dask)
 reproduce   the main job: every notebook into reports/ (python -m lora_core reproduce)
 pytest_plugin  pytest --lora-notebooks: notebooks run and checked as test items (an
                entry point; imported by pytest, never from here)
@@ -41,7 +42,9 @@ _RUNNER_NAMES = {
     "NotebookRunError": "execute",
     "execute_notebook": "execute",
     "notebook_parameters": "execute",
+    "SweepBusyError": "sweep",
     "SweepResult": "sweep",
+    "dask_executor": "cluster",
     "load_sweep": "sweep",
     "run_sweep": "sweep",
 }

@@ -17,6 +17,8 @@ import numbers
 import os
 import shutil
 import sys
+import tempfile
+import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from jupyter_client.manager import AsyncKernelManager, KernelManager
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from papermill.exceptions import PapermillExecutionError
 from traitlets import default
+from traitlets.config import Config
 
 from ..validation import check_float
 from . import reports
@@ -226,7 +229,12 @@ def execute_notebook(
         evalue = f'{metrics_path} holds no "metrics" mapping'
         raise NotebookRunError(str(executed), "BadMetrics", evalue)
     if render_html:
-        reports.render_html(executed)
+        try:
+            reports.render_html(executed)
+        except Exception as err:
+            # The run is not finished until its HTML exists: a resumed sweep must redo it.
+            metrics_path.replace(output_dir / "metrics.incomplete.json")
+            raise NotebookRunError(str(executed), "HTMLRenderError", f"{type(err).__name__}: {err}") from err
     return record
 
 
@@ -289,13 +297,18 @@ def _kernel_options(kernel_name: str | None) -> dict[str, Any]:
     user-wide install, another environment) is bypassed, since the notebooks need the
     packages of the environment the sweep runs in.
     """
+    # IPC sockets rather than TCP ports: no port to race for when many kernels start at
+    # once, no port scan, and no "running over TCP without encryption" warning per run.
+    # The socket paths must be absolute: the kernel starts in another folder than ours.
+    sockets = os.path.join(tempfile.gettempdir(), f"lora_core-kernel-{uuid.uuid4().hex[:12]}")
+    options: dict[str, Any] = {"config": Config({"KernelManager": {"transport": "ipc", "ip": sockets}})}
     if kernel_name is not None:
-        return {"kernel_name": kernel_name}
+        return {**options, "kernel_name": kernel_name}
     try:
         command = KernelManager(kernel_name="python3").format_kernel_cmd()[0]
     except NoSuchKernel:
         command = None
     if command and os.path.abspath(shutil.which(command) or command) == os.path.abspath(sys.executable):
-        return {"kernel_name": "python3"}
+        return {**options, "kernel_name": "python3"}
     # nbclient builds its kernel manager from this class, which knows one spec: ours.
-    return {"kernel_name": "python3", "kernel_manager_class": _ThisInterpreterKernelManager}
+    return {**options, "kernel_name": "python3", "kernel_manager_class": _ThisInterpreterKernelManager}

@@ -14,13 +14,18 @@ Three properties make a sweep cheap to trust and to repeat:
   runs: papermill only warns about unknown names, a sweep refuses them, and values are
   checked (and CLI strings converted) against the declared ``int``/``float``/``str``/
   ``bool`` annotations.
-- A sweep is resumable: a config whose ``metrics.json`` records the same parameters is
-  skipped, so a killed sweep started again finishes the rest and redoes nothing.
+- A sweep is resumable: a config whose ``metrics.json`` records the same parameters (and
+  whose HTML exists, when HTML is asked for) is skipped, so a killed sweep started again
+  finishes the rest and redoes nothing. Configs of earlier sweeps into the same folder
+  stay in its summary; a lock keeps two sweeps from writing into one folder at once.
 - A failing config (an exception in a cell, a dead kernel, a cell timeout, no
-  ``metrics.json``) is recorded with its error and failing cell; the others go on.
+  ``metrics.json``, an HTML rendering that failed) is recorded with its error and
+  failing cell; the others go on. A config whose worker was lost is retried once.
 
 Configs run one after another in this process, in a pool of separate processes
-(``jobs > 1``), or on any ``concurrent.futures.Executor`` passed in.
+(``jobs > 1``, one torch thread each when they share the cores), on a Dask cluster
+(``--dask``, see ``cluster.py``: each config's files are shipped back to this process),
+or on any ``concurrent.futures.Executor`` passed in.
 
     lora-sweep notebooks/01_rank1_recovery.ipynb --grid r=1,2,4 --grid lora_alpha=1,8 \\
         --output reports/sweeps/rank_alpha --jobs 2
@@ -31,15 +36,22 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import fcntl
 import hashlib
 import json
 import math
 import multiprocessing
+import os
 import re
+import signal
+import socket
 import sys
+import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
+import uuid
+from collections import Counter, deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Executor, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +73,8 @@ from .execute import (
 from .reports import METRICS_FILE, SUMMARY_FILE, SWEEP_FILE, build_index, write_text_atomic
 
 STATUS_COLUMNS = ["status", "error", "failed_cell", "seconds", "path"]
+LOCK_FILE = ".sweep.lock"  # held by the sweep writing into the folder
+ATTEMPTS = 2  # a config whose worker is lost is run once more, then recorded as failed
 
 # ---------------------------------------------------------------------------------------
 # The grid
@@ -92,8 +106,15 @@ def _digest(value: Any) -> str:
     return hashlib.sha1(repr(value).encode()).hexdigest()[:8]
 
 
-def _finished_record(folder: Path, parameters: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The metrics.json of a finished run of these parameters in ``folder``, if any."""
+def _finished_record(
+    folder: Path, parameters: Mapping[str, Any], html: str | None = None
+) -> dict[str, Any] | None:
+    """The metrics.json of a finished run of these parameters in ``folder``, if any.
+
+    With ``html`` (a file name), the run counts as finished only once that file exists.
+    """
+    if html is not None and not (folder / html).is_file():
+        return None
     try:
         record = json.loads((folder / METRICS_FILE).read_text())
     except (OSError, ValueError):
@@ -119,6 +140,10 @@ class SweepResult:
     @property
     def ok(self) -> bool:
         return not self.failed
+
+
+class SweepBusyError(RuntimeError):
+    """Another sweep holds the sweep folder's lock."""
 
 
 def _run_config(
@@ -150,6 +175,97 @@ def _run_config(
     return {**outcome, "seconds": round(time.perf_counter() - start, 2)}
 
 
+def run_shipped_config(
+    notebook_name: str,
+    notebook_text: str,
+    parameters: dict[str, Any],
+    timeout: float | None,
+    render_html: bool,
+    kernel_name: str | None,
+) -> dict[str, Any]:
+    """Run one config in a scratch folder of its own; the outcome carries the run's files.
+
+    For workers that share neither the client's file system nor its checkout: the
+    notebook travels as text and the files it wrote travel back as
+    ``outcome["files"]`` (path relative to the config folder -> bytes).
+    """
+    with tempfile.TemporaryDirectory(prefix="lora_core-config-", dir=_scratch_root()) as scratch:
+        notebook = Path(scratch, "notebook", notebook_name)
+        notebook.parent.mkdir()
+        notebook.write_text(notebook_text, encoding="utf-8")
+        folder = Path(scratch, "run")
+        outcome = _run_config(str(notebook), str(folder), parameters, timeout, render_html, kernel_name)
+        files = {}
+        if folder.is_dir():
+            files = {
+                p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()
+            }
+    return {**outcome, "files": files}
+
+
+def _scratch_root() -> str | None:
+    """A Dask worker's own folder (cleaned up by its nanny even after a crash), else /tmp."""
+    try:
+        from distributed import get_worker
+
+        return get_worker().local_directory
+    except (ImportError, ValueError):
+        return None
+
+
+def _write_shipped(folder: Path, files: Mapping[str, bytes]) -> None:
+    """Write a shipped run into ``folder``: each file atomically, ``metrics.json`` last,
+    since its presence is what marks the run as finished."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / METRICS_FILE).unlink(missing_ok=True)
+    for name in sorted(files, key=lambda name: name == METRICS_FILE):
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise ValueError(f"shipped file {name!r} is not allowed: expected a path inside {folder}")
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+        # os.open rather than mkstemp: the umask applies, as to the local route's files.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(files[name])
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def _is_dask(executor: Executor | None) -> bool:
+    return type(executor).__module__.split(".")[0] == "distributed"
+
+
+@contextlib.contextmanager
+def _sweep_lock(output_dir: Path) -> Iterator[None]:
+    """Hold the sweep folder's lock, or raise ``SweepBusyError`` at once.
+
+    An flock, so that the operating system drops it when its holder dies: a killed
+    sweep never leaves a folder locked.
+    """
+    handle = open(output_dir / LOCK_FILE, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise SweepBusyError(
+            f"output_dir={str(output_dir)!r} is in use by another sweep ({holder}); "
+            "wait for it to finish, or choose another output folder"
+        ) from None
+    try:
+        handle.truncate(0)
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {_now()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
 def run_sweep(
     notebook: str | Path,
     grid: Mapping[str, Sequence[Any]],
@@ -162,14 +278,18 @@ def run_sweep(
     progress: bool = True,
     render_html: bool = True,
     kernel_name: str | None = None,
+    ship_files: bool | None = None,
 ) -> SweepResult:
     """Run ``notebook`` once per config of ``grid`` (with ``fixed`` on top) into ``output_dir``.
 
     Configs run inline when ``jobs == 1``, in ``jobs`` separate processes otherwise, or
-    on ``executor`` when one is given (it is not shut down). With ``resume``, configs
-    already finished with the same parameters are skipped. ``timeout`` bounds each cell.
+    on ``executor`` when one is given (it is not shut down). With ``ship_files`` each
+    config runs in a scratch folder of the worker and its files come back to this
+    process; the default is to ship on a Dask executor. With ``resume``, configs already
+    finished with the same parameters are skipped. ``timeout`` bounds each cell.
     summary.csv is rewritten as each config finishes, so an interrupted sweep's folder
-    is still readable (see ``load_sweep``).
+    is still readable (see ``load_sweep``). Raises ``SweepBusyError`` when another
+    sweep is writing into ``output_dir``.
     """
     notebook = existing_notebook(notebook)
     jobs = check_int("jobs", jobs, low=1)
@@ -178,34 +298,73 @@ def run_sweep(
     if executor is not None and not isinstance(executor, Executor):
         raise ValueError(f"executor={executor!r} is not allowed: expected a concurrent.futures.Executor")
     grid, fixed = check_parameters(notebook, grid, dict(fixed or {}))
+    ship_files = _is_dask(executor) if ship_files is None else ship_files
 
     output_dir = Path(output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
+    with _sweep_lock(output_dir):
+        return _run_locked(
+            notebook, grid, fixed, output_dir, jobs, executor, resume, timeout, progress,
+            render_html, kernel_name, ship_files,
+        )  # fmt: skip
+
+
+def _run_locked(
+    notebook: Path,
+    grid: dict[str, list[Any]],
+    fixed: dict[str, Any],
+    output_dir: Path,
+    jobs: int,
+    executor: Executor | None,
+    resume: bool,
+    timeout: float | None,
+    progress: bool,
+    render_html: bool,
+    kernel_name: str | None,
+    ship_files: bool,
+) -> SweepResult:
     # The same order as the in-notebook route (config_grid): the last axis varies fastest.
     configs = [{**config, **fixed} for config in config_grid(**grid)]
     names = [config_name({k: c[k] for k in grid}) for c in configs]
+    earlier = _earlier_configs(output_dir, set(names))
     sweep = {
         "notebook": str(notebook),
         "grid": grid,
         "fixed": fixed,
-        "configs": [{"path": n, "parameters": c} for n, c in zip(names, configs)],
+        "configs": [
+            *({"path": n, "parameters": c} for n, c in zip(names, configs)),
+            *({"path": n, "parameters": c, "earlier": True} for n, (c, _) in earlier.items()),
+        ],
         "started": _now(),
         "finished": None,
     }
     write_text_atomic(output_dir / SWEEP_FILE, json.dumps(sweep, indent=1))
 
+    html = f"{notebook.stem}.html" if render_html else None
     rows, todo = {}, []
     for name, config in zip(names, configs):
-        record = _finished_record(output_dir / name, config) if resume else None
+        record = _finished_record(output_dir / name, config, html) if resume else None
         if record is None:
             rows[name] = _row(config, name, {"status": "pending"})
             todo.append((name, config))
         else:
             rows[name] = _row(config, name, {"status": "skipped", "metrics": record["metrics"]})
-    columns = [*grid, *fixed]
+    for name, (config, record) in earlier.items():
+        rows[name] = _row(config, name, {"status": "skipped", "metrics": record["metrics"]})
+    columns = _parameter_columns(grid, fixed, sweep["configs"])
     _write_summary(output_dir, rows.values(), columns)
 
-    failed = []
+    if ship_files:
+        text = notebook.read_text(encoding="utf-8")
+        run = run_shipped_config
+        tasks = {name: (notebook.name, text, c, timeout, render_html, kernel_name) for name, c in todo}
+    else:
+        run = _run_config
+        tasks = {
+            name: (str(notebook), str(output_dir / name), c, timeout, render_html, kernel_name)
+            for name, c in todo
+        }
+    parameters, failed = dict(todo), []
     bar = tqdm(
         total=len(configs),
         initial=len(configs) - len(todo),
@@ -217,17 +376,19 @@ def run_sweep(
         for name in names:
             if rows[name]["status"] == "skipped":
                 bar.write(f"skipped {'':>9}  {output_dir / name}")
-        tasks = {
-            name: (str(notebook), str(output_dir / name), config, timeout, render_html, kernel_name)
-            for name, config in todo
-        }
+        if earlier:
+            bar.write(f"kept    {len(earlier):>7}    finished configs of earlier sweeps in {output_dir}")
         # closing(): a pool of our own is shut down even when the sweep is interrupted.
-        with contextlib.closing(_outcomes(tasks, jobs, executor)) as outcomes:
+        with contextlib.closing(_outcomes(run, tasks, jobs, executor)) as outcomes:
             for name, outcome in outcomes:
-                rows[name] = _row(dict(tasks[name][2]), name, outcome)
+                files = outcome.pop("files", None)
+                if files is not None:
+                    _write_shipped(output_dir / name, files)
+                config = parameters[name]
+                rows[name] = _row(config, name, outcome)
                 _write_summary(output_dir, rows.values(), columns)
                 if outcome["status"] == "failed":
-                    failed.append({"config": tasks[name][2], "path": name, **outcome})
+                    failed.append({"config": config, "path": name, **outcome})
                 bar.update()
                 line = f"{outcome['status']:<7} {outcome['seconds']:7.1f} s  {output_dir / name}"
                 if outcome["status"] == "failed":
@@ -243,36 +404,127 @@ def run_sweep(
     return result
 
 
-def _outcomes(tasks: dict[str, tuple], jobs: int, executor: Executor | None) -> Iterator[tuple[str, dict]]:
+def _earlier_configs(output_dir: Path, current: set[str]) -> dict[str, tuple[dict, dict]]:
+    """Finished configs of earlier sweeps into this folder that this sweep does not run:
+    path -> (parameters, metrics.json record). Kept in the summary, never dropped."""
+    try:
+        configs = json.loads((output_dir / SWEEP_FILE).read_text())["configs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    earlier = {}
+    for config in configs:
+        path, parameters = config.get("path"), config.get("parameters")
+        if path in current or path in earlier or not isinstance(parameters, dict):
+            continue
+        record = _finished_record(output_dir / path, parameters)
+        if record is not None:
+            earlier[path] = (parameters, record)
+    return earlier
+
+
+def _parameter_columns(grid: Mapping, fixed: Mapping, configs: Sequence[Mapping]) -> list[str]:
+    """This sweep's parameters, then any other that an earlier sweep's configs set."""
+    columns = [*grid, *fixed]
+    for config in configs:
+        columns += [name for name in config["parameters"] if name not in columns]
+    return columns
+
+
+def _outcomes(
+    run: Callable[..., dict], tasks: dict[str, tuple], jobs: int, executor: Executor | None
+) -> Iterator[tuple[str, dict]]:
     """(config name, outcome) as configs finish."""
     if executor is None and jobs == 1:
         for name, task in tasks.items():
-            yield name, _run_config(*task)
+            yield name, run(*task)
         return
     own_pool = executor is None
     if own_pool:
+        workers = min(jobs, max(len(tasks), 1))
         # spawn, not fork: forking a process that holds kernel clients and progress-bar
         # threads (or a Jupyter kernel, when a sweep is started from a notebook) is unsafe.
         executor = ProcessPoolExecutor(
-            max_workers=min(jobs, max(len(tasks), 1)),
+            max_workers=workers,
             mp_context=multiprocessing.get_context("spawn"),
+            initializer=_pool_worker,
+            initargs=(max(1, (os.cpu_count() or 1) // workers),),
         )
-    try:
-        futures = {executor.submit(_run_config, *task): name for name, task in tasks.items()}
-        for future in as_completed(futures):
-            try:
-                outcome = future.result()
-            except Exception as err:  # the executor lost this config (e.g. a worker was killed)
-                outcome = {
-                    "status": "failed",
-                    "ename": type(err).__name__,
-                    "evalue": str(err),
-                    "seconds": math.nan,
-                }
-            yield futures[future], outcome
-    finally:
+
+    # No config waits on a worker, only in our queue: a pool queues a few configs ahead
+    # and a queued config cannot be cancelled (Ctrl-C would wait for it), and Dask counts
+    # a worker's death against every config assigned to it, running or not.
+    def limit() -> int:
         if own_pool:
-            executor.shutdown(cancel_futures=True)
+            return workers
+        client = getattr(executor, "_client", None) if _is_dask(executor) else None
+        return max(1, sum(client.nthreads().values())) if client is not None else len(tasks)
+
+    # Resubmitted configs must not be taken for the lost run (Dask keys pure calls).
+    options = {"pure": False} if _is_dask(executor) else {}
+    queue, attempts, running = deque(tasks), Counter(), {}
+    try:
+        while queue or running:
+            free = limit() - len(running)
+            while queue and free > 0:
+                name = queue.popleft()
+                try:
+                    running[executor.submit(run, *tasks[name], **options)] = name
+                    attempts[name] += 1
+                    free -= 1
+                except BrokenExecutor as err:  # e.g. a pool one of whose processes died
+                    yield name, _lost(err, attempts[name])
+            if not running:
+                continue
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                name = running.pop(future)
+                try:
+                    outcome = future.result()
+                except Exception as err:  # the executor lost this config (e.g. its worker died)
+                    if attempts[name] < ATTEMPTS:
+                        queue.appendleft(name)  # next, on whichever worker is free
+                        continue
+                    outcome = _lost(err, attempts[name])
+                yield name, outcome
+    finally:
+        for future in running:
+            future.cancel()
+        if own_pool:
+            if running:  # interrupted: stop the configs that run, rather than wait for them
+                _terminate_workers(executor)
+            executor.shutdown(wait=not running, cancel_futures=True)
+
+
+def _lost(err: Exception, attempts: int) -> dict[str, Any]:
+    if attempts == 0:
+        why = "the executor could not start the config"
+    else:
+        why = "the executor lost the config, started " + ("once" if attempts == 1 else f"{attempts} times")
+    return {
+        "status": "failed",
+        "ename": type(err).__name__,
+        "evalue": f"{err} ({why})",
+        "seconds": math.nan,
+    }
+
+
+def _pool_worker(threads: int) -> None:
+    """A pool process: the sweep's own process alone answers Ctrl-C, and the kernels it
+    starts use their share of the cores (unless the user set the thread counts)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(variable, str(threads))
+
+
+def _terminate_workers(pool: ProcessPoolExecutor) -> None:
+    # A worker's kernel notices its parent is gone and exits (ipykernel's parent poller).
+    # terminate_workers() arrived in Python 3.14; before it, the pool's process table.
+    if hasattr(pool, "terminate_workers"):
+        pool.terminate_workers()
+        return
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        with contextlib.suppress(Exception):
+            process.terminate()
 
 
 def _row(config: Mapping[str, Any], name: str, outcome: Mapping[str, Any]) -> dict[str, Any]:
@@ -361,7 +613,7 @@ def load_sweep(output_dir: str | Path) -> pd.DataFrame:
         if record is not None:
             row = {**row, **_row(config, row["path"], {"status": "ok", "metrics": record["metrics"]})}
         rows[i] = {**row, **config}
-    return _summary_frame(rows, [*sweep["grid"], *sweep["fixed"]])
+    return _summary_frame(rows, _parameter_columns(sweep["grid"], sweep["fixed"], sweep["configs"]))
 
 
 # ---------------------------------------------------------------------------------------
@@ -403,28 +655,53 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--output", required=True, help="the sweep folder")
     parser.add_argument("--jobs", type=int, default=1, help="configs run at once, in separate processes")
+    parser.add_argument(
+        "--dask",
+        metavar="CLUSTER",
+        help="run the configs on Dask: local[:N] (a local cluster of N one-thread workers), "
+        "tcp://HOST:PORT of a running scheduler, or a scheduler file; needs lora_core[dask]",
+    )
     parser.add_argument("--no-resume", action="store_true", help="rerun configs that already finished")
     parser.add_argument("--timeout", type=float, help="seconds any one cell may run")
     parser.add_argument("--no-html", action="store_true", help="skip the HTML rendering of each run")
     parser.add_argument("--kernel", help="a Jupyter kernel name (default: this Python interpreter)")
     args = parser.parse_args(argv)
 
-    # Mistakes in what was asked for exit with status 2 and nothing run; failed configs, 1.
+    # Mistakes in what was asked for exit with status 2 and nothing run; failed configs, 1;
+    # Ctrl-C, 130 (the usual 128 + SIGINT) with one line rather than tracebacks.
     try:
         grid, fixed = _cli_parameters(args)
-        result = run_sweep(
-            args.notebook,
-            grid,
-            fixed,
-            args.output,
-            jobs=args.jobs,
-            resume=not args.no_resume,
-            timeout=args.timeout,
-            render_html=not args.no_html,
-            kernel_name=args.kernel,
-        )
-    except (ValueError, argparse.ArgumentTypeError, yaml.YAMLError) as err:
+        if args.dask is not None and args.jobs != 1:
+            raise ValueError(
+                f"--jobs {args.jobs} with --dask is not allowed: the cluster's workers run the configs"
+            )
+        with contextlib.ExitStack() as stack:
+            executor = None
+            if args.dask is not None:
+                from .cluster import dask_executor
+
+                executor = stack.enter_context(dask_executor(args.dask))
+            result = run_sweep(
+                args.notebook,
+                grid,
+                fixed,
+                args.output,
+                jobs=args.jobs,
+                executor=executor,
+                resume=not args.no_resume,
+                timeout=args.timeout,
+                render_html=not args.no_html,
+                kernel_name=args.kernel,
+            )
+    except (ValueError, argparse.ArgumentTypeError, yaml.YAMLError, SweepBusyError) as err:
         parser.error(str(err))
+    except KeyboardInterrupt:
+        print(
+            f"lora-sweep: interrupted; finished configs are kept in {args.output}, "
+            "and the same command resumes the rest",
+            file=sys.stderr,
+        )
+        return 130
     return 0 if result.ok else 1
 
 

@@ -1,20 +1,27 @@
 """The sweep runner on a tiny notebook that computes loss = (x - 3)**2 with the stdlib.
 
 Each run costs about one kernel start, so the tests share one finished sweep and copy it
-where they need to change it.
+where they need to change it. Tests that take the ``route`` fixture run twice: on the
+local route and on a two-worker Dask LocalCluster, whose workers ship the files back.
 """
 
+import fcntl
 import json
+import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from lora_core.suite.sweep import config_name, load_sweep, run_sweep
+from lora_core.suite import reports
+from lora_core.suite.sweep import LOCK_FILE, SweepBusyError, config_name, load_sweep, main, run_sweep
 
 NOTEBOOK = Path(__file__).parents[1] / "data" / "quadratic.ipynb"
 REPO = Path(__file__).resolve().parents[2]
@@ -42,9 +49,44 @@ def without_seconds(frame):
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
+def dask_pool():
+    pytest.importorskip("distributed")
+    from lora_core.suite.cluster import dask_executor
+
+    with dask_executor("local:2") as executor:
+        yield executor
+
+
+@pytest.fixture(scope="module", params=["local", "dask"])
+def route(request):
+    """run_sweep's keyword arguments for one route: the local one, or a Dask cluster."""
+    return {} if request.param == "local" else {"executor": request.getfixturevalue("dask_pool")}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, route):
     folder = tmp_path_factory.mktemp("sweeps") / "finished"
-    return folder, sweep(folder, GRID)
+    return folder, sweep(folder, GRID, **route)
+
+
+def wait_for(condition, seconds=120):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "gave up waiting"
+        time.sleep(0.2)
+
+
+def sweep_process(output, *arguments):
+    """A lora-sweep of the fixture in a process (and process group) of its own."""
+    command = [sys.executable, "-m", "lora_core.suite.sweep", str(NOTEBOOK), "--output", str(output)]
+    return subprocess.Popen(
+        [*command, "--no-html", *arguments],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def copy_of(finished, tmp_path):
@@ -106,33 +148,54 @@ def test_tiny_grid_runs_every_config_into_its_own_folder(finished):
     assert record["grid"] == {"x": [1.0, 3.0], "repeats": [1, 2]} and record["finished"] >= record["started"]
 
 
-def test_runs_start_in_the_notebook_folder_on_this_interpreter(finished):
+def test_runs_start_in_the_notebook_folder_on_this_interpreter(finished, route):
     folder, _ = finished
     record = json.loads((folder / "x=1.0__repeats=1" / "metrics.json").read_text())
-    assert record["environment"] == {"cwd": str(NOTEBOOK.parent.resolve()), "python": sys.executable}
-    assert record["parameters"]["output_dir"] == str(folder / "x=1.0__repeats=1")
+    assert record["environment"]["python"] == sys.executable
+    if not route:
+        assert record["environment"]["cwd"] == str(NOTEBOOK.parent.resolve())
+        assert record["parameters"]["output_dir"] == str(folder / "x=1.0__repeats=1")
+    else:
+        # Shipped: the run saw only the worker's scratch copy of the notebook, since removed.
+        cwd, output_dir = Path(record["environment"]["cwd"]), Path(record["parameters"]["output_dir"])
+        assert output_dir.parent == cwd.parent and not cwd.exists() and folder not in output_dir.parents
 
 
-def test_finished_sweep_started_again_redoes_nothing(finished, tmp_path):
+def test_finished_sweep_started_again_redoes_nothing(finished, tmp_path, route):
     folder = copy_of(finished, tmp_path)
     before = executions(folder)
-    result = sweep(folder, GRID)
+    result = sweep(folder, GRID, **route)
     assert list(result.summary["status"]) == ["skipped"] * 4
     assert list(result.summary["loss"]) == list(finished[1].summary["loss"])
     assert executions(folder) == before
 
 
-def test_changed_fixed_parameter_reruns_the_configs(finished, tmp_path):
+def test_changed_fixed_parameter_reruns_the_configs(finished, tmp_path, route):
     folder = copy_of(finished, tmp_path)
-    result = sweep(folder, {"x": [1], "repeats": [1]}, {"label": "relabelled"})
-    assert list(result.summary["status"]) == ["ok"]
+    result = sweep(folder, {"x": [1], "repeats": [1]}, {"label": "relabelled"}, **route)
+    assert list(result.summary["status"]) == ["ok", "skipped", "skipped", "skipped"]
+    assert list(result.summary["label"])[0] == "relabelled"
 
 
-def test_half_written_run_is_redone_and_the_rest_skipped(finished, tmp_path):
+def test_sweep_with_another_grid_keeps_the_earlier_configs(finished, tmp_path, route):
+    folder = copy_of(finished, tmp_path)
+    result = sweep(folder, {"x": [5, 1]}, {"label": "new"}, **route)
+    summary = result.summary
+    # This sweep's configs first, in grid order; then the earlier sweep's, none dropped.
+    assert list(summary["path"]) == ["x=5.0", "x=1.0", *finished[1].summary["path"]]
+    assert list(summary["status"]) == ["ok", "ok"] + ["skipped"] * 4
+    assert list(summary["loss"]) == [4.0, 4.0, *finished[1].summary["loss"]]
+    assert list(summary["repeats"][2:]) == list(finished[1].summary["repeats"])
+    assert without_seconds(load_sweep(folder)).equals(without_seconds(summary))
+    recorded = json.loads((folder / "sweep.json").read_text())["configs"]
+    assert [c["path"] for c in recorded] == list(summary["path"])
+
+
+def test_half_written_run_is_redone_and_the_rest_skipped(finished, tmp_path, route):
     folder = copy_of(finished, tmp_path)
     (folder / "x=3.0__repeats=2" / "metrics.json").unlink()
     before = executions(folder)
-    result = sweep(folder, GRID)
+    result = sweep(folder, GRID, **route)
     assert list(result.summary["status"]) == ["skipped", "skipped", "skipped", "ok"]
     after = executions(folder)
     assert [name for name in before if after[name] != before[name]] == ["x=3.0__repeats=2"]
@@ -172,9 +235,9 @@ def test_killed_sweep_is_readable_and_finishes_the_rest_on_restart(tmp_path):
     assert list(load_sweep(folder)["loss"]) == [4.0, 1.0, 1.0]
 
 
-def test_each_kind_of_failure_is_recorded_and_the_others_go_on(tmp_path):
+def test_each_kind_of_failure_is_recorded_and_the_others_go_on(tmp_path, route):
     result = sweep(
-        tmp_path / "failures", {"mode": ["crash", "sleep", "silent", "ok"]}, {"x": 1000}, timeout=1
+        tmp_path / "failures", {"mode": ["crash", "sleep", "silent", "ok"]}, {"x": 1000}, timeout=1, **route
     )
     summary = result.summary.set_index("mode")
     assert summary.loc["crash", "error"].startswith("DeadKernelError")
@@ -256,3 +319,123 @@ def test_sweep_inside_a_reports_folder_appears_in_its_index(finished, tmp_path):
     shutil.copytree(finished[0], folder)
     sweep(folder, GRID)  # everything is skipped; only the index is written
     assert "sweeps/quadratic" in (tmp_path / "reports" / "index.html").read_text()
+
+
+def test_progress_bar_counts_skipped_and_run_configs(finished, tmp_path, route, capsys):
+    folder = copy_of(finished, tmp_path)
+    (folder / "x=1.0__repeats=2" / "metrics.json").unlink()
+    sweep(folder, GRID, progress=True, **route)
+    captured = capsys.readouterr()
+    assert "3/4" in captured.err and "4/4" in captured.err  # starts at the 3 skipped, ends at 4
+    lines = [line.split()[0] for line in captured.out.splitlines() if line.startswith(("ok", "skipped"))]
+    assert sorted(lines) == ["ok", "skipped", "skipped", "skipped"]
+
+
+# ---------------------------------------------------------------------------------------
+# Reliability: folder lock, HTML, Ctrl-C, lost workers
+
+
+def test_second_sweep_into_a_busy_folder_is_refused_and_the_first_is_unharmed(tmp_path, route):
+    folder = tmp_path / "busy"
+    first = sweep_process(folder, "--grid", "mode=sleep,ok", "--timeout", "6")
+    try:
+        wait_for(lambda: (folder / "sweep.json").exists() and "pid" in (folder / LOCK_FILE).read_text())
+        with pytest.raises(
+            SweepBusyError, match=rf"output_dir='{folder}' is in use by another sweep \(pid {first.pid}"
+        ):
+            sweep(folder, {"mode": ["ok"]}, **route)
+        out, err = first.communicate(timeout=180)
+    finally:
+        first.kill()
+    # The first sweep's configs are its own: a timeout and a success, no false failure.
+    summary = load_sweep(folder)
+    assert first.returncode == 1, err
+    assert list(summary["status"]) == ["failed", "ok"] and summary["error"][0].startswith("CellTimeoutError")
+    # Once the first has finished, the folder is free again.
+    assert list(sweep(folder, {"mode": ["ok"]}, **route).summary["status"])[0] == "skipped"
+
+
+def test_command_line_names_the_busy_folder(tmp_path, capsys):
+    folder = tmp_path / "busy"
+    folder.mkdir()
+    with open(folder / LOCK_FILE, "w") as held:
+        held.write("pid 1 on elsewhere")
+        held.flush()
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(SystemExit) as exit_info:
+            main([str(NOTEBOOK), "--grid", "x=1,2", "--output", str(folder)])
+    assert (
+        exit_info.value.code == 2
+        and "in use by another sweep (pid 1 on elsewhere)" in capsys.readouterr().err
+    )
+    assert not (folder / "x=1.0").exists()
+
+
+def test_config_whose_html_failed_is_not_finished_and_runs_again(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(reports, "render_html", broken)
+        result = sweep(tmp_path / "html", {"x": [1]}, render_html=True)
+    assert list(result.summary["error"]) == ["HTMLRenderError: OSError: disk full"]
+    assert not (tmp_path / "html" / "x=1.0" / "metrics.json").exists()
+    assert (tmp_path / "html" / "x=1.0" / "metrics.incomplete.json").exists()
+
+    result = sweep(tmp_path / "html", {"x": [1]}, render_html=True)
+    assert list(result.summary["status"]) == ["ok"]
+    assert (tmp_path / "html" / "x=1.0" / "quadratic.html").exists()
+    # Finished with its HTML: a third run skips it; without the HTML it would run again.
+    assert list(sweep(tmp_path / "html", {"x": [1]}, render_html=True).summary["status"]) == ["skipped"]
+
+
+def test_ctrl_c_cancels_queued_configs_at_once_with_one_line(tmp_path):
+    folder = tmp_path / "interrupted"
+    process = sweep_process(folder, "--grid", "x=1,2,4", "--param", "mode=sleep", "--jobs", "2")
+    try:
+        running = [folder / "x=1.0" / "quadratic.ipynb", folder / "x=2.0" / "quadratic.ipynb"]
+        wait_for(lambda: all(path.exists() for path in running))
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
+        # Each config sleeps 60 s: an exit well before that means nothing was waited for.
+        out, err = process.communicate(timeout=40)
+    finally:
+        process.kill()
+    assert process.returncode == 130
+    assert "Traceback" not in err and "interrupted" in err
+    assert len([line for line in err.splitlines() if "interrupted" in line]) == 1
+    assert not (folder / "x=4.0").exists()  # the queued config never started
+    assert list(load_sweep(folder)["status"]) == ["pending"] * 3
+
+
+def test_config_whose_worker_is_killed_is_retried_once_then_recorded(tmp_path, dask_pool):
+    marker = tmp_path / "killed-once"
+    grid = {"mode": ["kill_worker", "kill_worker_once", "ok"]}
+    result = sweep(tmp_path / "lost", grid, {"label": str(marker)}, executor=dask_pool)
+    summary = result.summary.set_index("mode")
+    assert summary.loc["kill_worker", "status"] == "failed"
+    assert summary.loc["kill_worker", "error"].startswith("KilledWorker")
+    assert "started 2 times" in summary.loc["kill_worker", "error"]
+    # Killed on its first worker, finished on the retry; the other config unaffected.
+    assert marker.exists() and list(summary.loc[["kill_worker_once", "ok"], "status"]) == ["ok", "ok"]
+    # A rerun resumes as on the local route: what finished is skipped.
+    again = sweep(
+        tmp_path / "lost", {"mode": ["kill_worker_once", "ok"]}, {"label": str(marker)}, executor=dask_pool
+    )
+    assert list(again.summary["status"])[:2] == ["skipped", "skipped"]
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--dask", "bogus"], r"--dask bogus is not allowed: expected local, local:N, a scheduler address"),
+        (["--dask", "local:0"], r"--dask local:0 is not allowed: expected local:N with N >= 1"),
+        (["--dask", "local:2", "--jobs", "2"], r"--jobs 2 with --dask is not allowed"),
+    ],
+)
+def test_command_line_refuses_a_bad_dask_cluster_before_anything_runs(tmp_path, capsys, arguments, message):
+    pytest.importorskip("distributed")
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(NOTEBOOK), "--grid", "x=1,2", "--output", str(tmp_path / "cli"), *arguments])
+    assert exit_info.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "cli").exists()

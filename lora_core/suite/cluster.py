@@ -1,0 +1,73 @@
+"""Sweeps on a Dask cluster: ``lora-sweep ... --dask local:2`` or ``--dask tcp://host:8786``.
+
+``dask_executor`` connects to a cluster (or starts a local one) and yields a
+``concurrent.futures`` executor for ``run_sweep``. On a Dask executor the sweep ships each
+config to a worker as the notebook's text and its parameters, and the worker sends the
+run's files back (see ``sweep.run_shipped_config``), so workers need lora_core installed
+and nothing else: no shared file system, no checkout of the repository.
+
+A worker that dies mid-config (killed, out of memory) costs that config one retry on
+another worker; lost a second time, it is recorded as failed with the reason. A local
+cluster's scheduler is told not to retry on its own (``allowed-failures: 0``) so that
+the sweep's one retry is the only one; a running scheduler keeps its own setting
+(Dask's default retries 3 times), and the sweep's retry comes after those.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+from collections.abc import Iterator
+from concurrent.futures import Executor
+from pathlib import Path
+
+_LOCAL = re.compile(r"local(?::(\d+))?")
+
+
+@contextlib.contextmanager
+def dask_executor(cluster: str) -> Iterator[Executor]:
+    """An executor on the Dask cluster that ``cluster`` names, closed on exit.
+
+    ``local`` or ``local:N`` starts a ``distributed.LocalCluster`` of N worker processes
+    (default: the CPU count) with one thread each, and one torch thread in each run;
+    ``tcp://HOST:PORT`` (any scheme Dask knows) connects to a running scheduler, and an
+    existing file is read as a scheduler file (``dask scheduler --scheduler-file``).
+    """
+    try:
+        import dask
+        from distributed import Client, LocalCluster
+    except ImportError as err:
+        raise ValueError(
+            f"--dask {cluster} needs Dask: pip install 'lora_core[dask]' (dask[distributed])"
+        ) from err
+    local = _LOCAL.fullmatch(cluster)
+    with contextlib.ExitStack() as stack:
+        if local:
+            workers = int(local.group(1) or os.cpu_count() or 1)
+            if workers < 1:
+                raise ValueError(f"--dask {cluster} is not allowed: expected local:N with N >= 1")
+            with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+                local_cluster = LocalCluster(
+                    n_workers=workers,
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address=None,
+                    silence_logs=logging.ERROR,
+                    # Inherited by each run's kernel: the workers share the cores.
+                    env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
+                )
+            stack.enter_context(local_cluster)
+            client = Client(local_cluster)
+        elif "://" in cluster:
+            client = Client(cluster)
+        elif Path(cluster).is_file():
+            client = Client(scheduler_file=cluster)
+        else:
+            raise ValueError(
+                f"--dask {cluster} is not allowed: expected local, local:N, a scheduler address "
+                "such as tcp://HOST:8786, or an existing scheduler file"
+            )
+        stack.enter_context(client)
+        yield client.get_executor()
