@@ -13,75 +13,57 @@ pytest_plugin  pytest --lora-notebooks: notebooks run and checked as test items 
                entry point; imported by pytest, never from here)
 """
 
-from .markdown import export_markdown
-from .notebook import NotebookParameters, metric_key, parse_list, read_parameters
-from .plotting import (
-    metric_label,
-    plot_delta_grid,
-    plot_delta_heatmap,
-    plot_loss_curves,
-    plot_metric_heatmap,
-    plot_metric_vs,
-    plot_singular_values,
-)
-from .regression import BaselineError, RegressionReport, check_metrics, update_baseline
-from .reports import (
-    METRICS_FILE,
-    build_index,
-    environment_info,
-    read_metrics,
-    render_html,
-    save_figure,
-    write_json_atomic,
-    write_metrics,
-)
-
-# papermill is for running notebooks, which a notebook's own kernel never does: these
-# names are imported on first use, so `from lora_core import suite` stays light.
-_RUNNER_NAMES = {
+# Every public name, by the module that defines it. They are imported on first use: a
+# notebook kernel needs no papermill, a plain training script no matplotlib, and the
+# pytest plugin (loaded by every pytest run of the environment) none of them.
+_NAMES = {
+    "export_markdown": "markdown",
+    "NotebookParameters": "notebook",
+    "metric_key": "notebook",
+    "parse_list": "notebook",
+    "read_parameters": "notebook",
+    "metric_label": "plotting",
+    "plot_delta_grid": "plotting",
+    "plot_delta_heatmap": "plotting",
+    "plot_loss_curves": "plotting",
+    "plot_metric_heatmap": "plotting",
+    "plot_metric_vs": "plotting",
+    "plot_singular_values": "plotting",
+    "BaselineError": "regression",
+    "RegressionReport": "regression",
+    "check_metrics": "regression",
+    "update_baseline": "regression",
+    "METRICS_FILE": "reports",
+    "build_index": "reports",
+    "environment_info": "reports",
+    "read_metrics": "reports",
+    "render_html": "reports",
+    "save_figure": "reports",
+    "write_json_atomic": "reports",
+    "write_metrics": "reports",
     "NotebookRunError": "execute",
     "execute_notebook": "execute",
     "notebook_parameters": "execute",
     "SweepBusyError": "sweep",
     "SweepResult": "sweep",
-    "dask_executor": "cluster",
     "load_sweep": "sweep",
     "run_sweep": "sweep",
+    "dask_executor": "cluster",
 }
 
 
 def __getattr__(name: str):
-    if name in _RUNNER_NAMES:
+    if name in _NAMES:
         from importlib import import_module
 
-        return getattr(import_module(f".{_RUNNER_NAMES[name]}", __name__), name)
+        value = getattr(import_module(f".{_NAMES[name]}", __name__), name)
+        globals()[name] = value  # looked up once
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = [
-    *_RUNNER_NAMES,
-    "BaselineError",
-    "METRICS_FILE",
-    "NotebookParameters",
-    "RegressionReport",
-    "build_index",
-    "check_metrics",
-    "environment_info",
-    "export_markdown",
-    "metric_key",
-    "metric_label",
-    "parse_list",
-    "plot_delta_grid",
-    "plot_delta_heatmap",
-    "plot_loss_curves",
-    "plot_metric_heatmap",
-    "plot_metric_vs",
-    "plot_singular_values",
-    "read_metrics",
-    "read_parameters",
-    "render_html",
-    "save_figure",
-    "update_baseline",
-    "write_json_atomic",
-    "write_metrics",
-]
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_NAMES])
+
+
+__all__ = sorted(_NAMES)

@@ -29,3 +29,9 @@ def test_the_library_loads_no_notebook_tooling():
 def test_the_suite_loads_papermill_only_when_a_runner_is_used():
     assert "papermill" not in _loaded_after("from lora_core import suite; suite.read_parameters")
     assert "papermill" in _loaded_after("from lora_core import suite; suite.run_sweep")
+
+
+def test_the_pytest_plugin_loads_no_notebook_tooling():
+    # pytest loads it in every run of the environment, a library-only install included.
+    loaded = _loaded_after("import lora_core.suite.pytest_plugin")
+    assert not loaded & {"papermill", "nbclient", "matplotlib", "nbformat"}
