@@ -80,7 +80,7 @@ def validation_cell_index():
 
 @pytest.mark.parametrize(
     "name, value",
-    [("n_heads", 3), ("tasks", "permuted"), ("tasks", "previous, add"), ("placements", "q_v, everything")],
+    [("n_heads", 3), ("tasks", "permuted"), ("tasks", "previous, add"), ("placements", "everything")],
 )
 def test_a_bad_parameter_stops_the_run_naming_it(fresh_cache, tmp_path, name, value):
     with pytest.raises(NotebookRunError) as caught:
