@@ -74,3 +74,28 @@ def peft_model(base: nn.Linear, A: torch.Tensor, B: torch.Tensor, alpha: float):
         lora_A.weight.copy_(A.T)
         lora_B.weight.copy_(B.T)
     return model, lora_A, lora_B
+
+
+def peft_adapted(base: nn.Module, layers: dict, alpha: float):
+    """PEFT's ``LoraModel`` over a copy of ``base``, adapting the modules lora_core adapted in
+    ``layers`` (name -> LoRALinear) with the same A, B, rank and α/r scale.
+
+    Returns (model, {name: (lora_A, lora_B)}), or None when PEFT is not importable.
+    """
+    if _import("peft") is None:
+        return None
+    from peft import LoraConfig, LoraModel
+
+    r = next(iter(layers.values())).r
+    targets = sorted({name.rsplit(".", 1)[-1] for name in layers})
+    config = LoraConfig(r=r, lora_alpha=alpha, target_modules=targets, lora_dropout=0.0)
+    model = LoraModel(copy.deepcopy(base), config, "default")
+    factors = {}
+    for name, layer in layers.items():
+        theirs = model.model.get_submodule(name)
+        lora_A, lora_B = theirs.lora_A["default"], theirs.lora_B["default"]
+        with torch.no_grad():
+            lora_A.weight.copy_(layer.A.T)
+            lora_B.weight.copy_(layer.B.T)
+        factors[name] = (lora_A, lora_B)
+    return model, factors

@@ -19,6 +19,9 @@ Parts (``--only`` picks some):
               train_many, against the seed-style code training ONE adapter, and against
               train() on the configs one by one (measured on 5 of them, scaled by 5)
     scaling   train_many's cost for 1, 4, 16 and 64 configs (10 epochs instead of 100)
+    transformer  one LoRA fine-tuning step (cross-entropy, AdamW) on notebook 05's
+              transformer, LoRA on q_proj and v_proj at r = 8: lora_core's add_lora against
+              PEFT's LoraModel on the same model, targets and rank, full fine-tuning beside
 
 Before timing, every step variant's loss and gradients from the same A and B are checked
 against a float64 reference (loralib and PEFT through their transposed layouts), and the
@@ -60,7 +63,7 @@ from lora_core.suite.reports import environment_info
 from . import peers
 from .seed_style import SeedLoRA, seed_lora, seed_pretrain
 
-PARTS = ("step", "notebook", "sweep", "scaling")
+PARTS = ("step", "notebook", "sweep", "scaling", "transformer")
 RANKS = (1, 2, 4, 8, 16)
 ALPHAS = (1.0, 2.0, 4.0, 8.0, 16.0)
 SCALING_COUNTS = (1, 4, 16, 64)
@@ -512,6 +515,96 @@ def part_scaling(res: Results, sc: Scale) -> None:
 
 
 # ---------------------------------------------------------------------------------------
+# Part "transformer": a LoRA step inside notebook 05's model, lora_core against PEFT
+
+
+def transformer_variants(sc: Scale):
+    """lora_core and PEFT adapters holding the same A, B over copies of one frozen model."""
+    cfg = lc.TransformerConfig() if sc.d_in == FULL.d_in else TRANSFORMER_QUICK  # notebook 05 default
+    base = lc.build_transformer(cfg, seed=0).requires_grad_(False)
+    X, y = lc.make_sequences("two_back", 64, cfg.seq_len, cfg.vocab_size, seed=0)
+    ours = copy.deepcopy(base)
+    lc.seed_everything(0)
+    lc.add_lora(ours, TRANSFORMER_TARGETS, r=8, lora_alpha=16.0, init="kaiming")
+    with torch.no_grad():
+        for layer in lc.lora_modules(ours).values():
+            layer.B.normal_(0.0, 0.1)  # B ≠ 0, so A's gradient is not zero and is checked too
+    theirs = peers.peft_adapted(base, lc.lora_modules(ours), 16.0)
+    full = copy.deepcopy(base).requires_grad_(True)
+    return ours, theirs, full, X, y
+
+
+TRANSFORMER_QUICK = lc.TransformerConfig(vocab_size=8, seq_len=8, d_model=16, n_heads=2, n_layers=1, d_mlp=32)
+TRANSFORMER_TARGETS = ["q_proj", "v_proj"]
+
+
+def _ce(model, X, y):
+    logits = model(X)
+    return F.cross_entropy(logits.flatten(0, -2), y.flatten(), ignore_index=lc.IGNORE_INDEX)
+
+
+def part_transformer(res: Results, sc: Scale) -> None:
+    ours, theirs, full, X, y = transformer_variants(sc)
+    if theirs is None:
+        res.notes.append(
+            "transformer: PEFT is not importable; only lora_core and full fine-tuning were timed"
+        )
+    else:
+        peft_model, factors = theirs
+        _ce(ours, X, y).backward()
+        loss_ours = _ce(ours, X, y)
+        loss_theirs = _ce(peft_model, X, y)
+        _ce(peft_model, X, y).backward()
+        grads = [
+            (layer.A.grad, factors[name][0].weight.grad.T, layer.B.grad, factors[name][1].weight.grad.T)
+            for name, layer in lc.lora_modules(ours).items()
+        ]
+        diff = max(
+            [rel_diff(loss_ours.detach(), loss_theirs.detach())]
+            + [max(rel_diff(a, pa), rel_diff(b, pb)) for a, pa, b, pb in grads]
+        )
+        res.check(
+            "transformer step: lora_core vs PEFT (loss, dA, dB of every adapted layer)", diff, CHECK_RTOL
+        )
+
+    def module_step(model):
+        opt = make_optimizer("adamw", [p for p in model.parameters() if p.requires_grad], 1e-3)
+
+        def run():
+            for _ in range(sc.step_block):
+                loss = _ce(model, X, y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+
+        return run
+
+    variants = {"lora_core add_lora (q, v; r = 8)": module_step(ours), "full fine-tuning": module_step(full)}
+    if theirs is not None:
+        variants["PEFT LoraModel (q, v; r = 8)"] = module_step(theirs[0])
+    interleaved(variants, 2)  # warm-up
+    times = interleaved(variants, sc.step_rounds)
+    times = {name: [t / sc.step_block for t in ts] for name, ts in times.items()}
+    res.timings["transformer"] = times
+    ours_t = times["lora_core add_lora (q, v; r = 8)"]
+    if theirs is not None:
+        res.ratio(
+            "transformer",
+            "transformer LoRA step: lora_core / PEFT",
+            ours_t,
+            times["PEFT LoraModel (q, v; r = 8)"],
+            goal=1.0,
+            note="same model, targets, rank, batch and fused AdamW",
+        )
+    res.ratio(
+        "transformer",
+        "transformer LoRA step (lora_core) / full fine-tuning step",
+        ours_t,
+        times["full fine-tuning"],
+    )
+
+
+# ---------------------------------------------------------------------------------------
 # Output
 
 
@@ -624,9 +717,14 @@ def main(argv=None) -> int:
     for part in parts:
         print(f"[{part}]", flush=True)
         before = os.getloadavg()[0]
-        {"step": part_step, "notebook": part_notebook, "sweep": part_sweep, "scaling": part_scaling}[part](
-            res, sc
-        )
+        runners = {
+            "step": part_step,
+            "notebook": part_notebook,
+            "sweep": part_sweep,
+            "scaling": part_scaling,
+            "transformer": part_transformer,
+        }
+        runners[part](res, sc)
         res.load[part] = [before, os.getloadavg()[0]]
     for note in peers.missing.values():
         print("note:", note)

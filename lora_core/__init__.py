@@ -9,7 +9,10 @@ The library a reader learns LoRA from:
     tasks       make_regression / shift_theta: the blog's y = X·θ task and its shifts,
                 compare_delta / low_rank_error: how well a learned ΔΘ recovers a shift
     training    train -> History: the plain loop; evaluate, seed_everything, resolve_device
-    cache       pretrain_base: the blog's pre-trained base, cached on disk
+    cache       pretrain_base / pretrain_transformer: pre-trained bases, cached on disk
+    models      TinyTransformer: a small decoder with q/k/v/o_proj and an MLP, for notebook 05
+    sequences   make_sequences / token_accuracy: synthetic token tasks for that transformer
+    walkthrough the "Demystifying LoRA" wrapper, rebuilt to show its two defects
     validation  the argument checks every public function uses
 
 Beside it, two subpackages:
@@ -24,7 +27,7 @@ Beside it, two subpackages:
 __version__ = "0.1.0"
 
 from .adapters import adapter_deltas, load_adapter, read_adapter_config, save_adapter
-from .cache import pretrain_base
+from .cache import pretrain_base, pretrain_transformer
 from .fast import AdapterRun, config_grid, train_many
 from .inject import (
     add_lora,
@@ -36,7 +39,16 @@ from .inject import (
     unmerge_lora,
 )
 from .layer import INITS, SCALINGS, LoRALinear, lora_scale
+from .models import (
+    PLACEMENTS,
+    TinyTransformer,
+    TransformerConfig,
+    build_transformer,
+    optimizer_state_bytes,
+    weights_checksum,
+)
 from .peft_format import export_peft, import_peft
+from .sequences import IGNORE_INDEX, TASKS, make_sequences, token_accuracy
 from .tasks import (
     BLOG_LORA_LOSSES,
     BLOG_MERGED_LOSS,
@@ -48,6 +60,7 @@ from .tasks import (
     shift_theta,
 )
 from .training import (
+    LOSSES,
     OPTIMIZERS,
     SAMPLINGS,
     History,
@@ -65,13 +78,20 @@ __all__ = [
     "BLOG_PRETRAIN_LOSSES",
     "BLOG_SHIFTED_BASE_LOSS",
     "History",
+    "IGNORE_INDEX",
     "INITS",
+    "LOSSES",
     "LoRALinear",
     "OPTIMIZERS",
+    "PLACEMENTS",
     "SAMPLINGS",
     "SCALINGS",
+    "TASKS",
+    "TinyTransformer",
+    "TransformerConfig",
     "adapter_deltas",
     "add_lora",
+    "build_transformer",
     "compare_delta",
     "config_grid",
     "count_parameters",
@@ -85,15 +105,20 @@ __all__ = [
     "low_rank_error",
     "make_optimizer",
     "make_regression",
+    "make_sequences",
     "merge_lora",
+    "optimizer_state_bytes",
     "pretrain_base",
+    "pretrain_transformer",
     "read_adapter_config",
     "resolve_device",
     "save_adapter",
     "seed_everything",
     "shift_theta",
+    "token_accuracy",
     "train",
     "train_many",
     "unload_lora",
     "unmerge_lora",
+    "weights_checksum",
 ]

@@ -1,11 +1,17 @@
-"""Pre-training the blog's base model, cached on disk.
+"""Pre-trained bases, cached on disk: the blog's ``nn.Linear`` and notebook 05's transformer.
 
-Every notebook run and sweep config starts from the same "pre-trained" ``nn.Linear``.
-Pre-training it is most of a run's cost, so the trained weight and its History are kept
-in a cache folder, keyed by a hash of everything that determines them: the data itself
-(its bytes, not just its seed), the training settings and seed, the device type, the
-training loop's source, and the lora_core and torch versions. A changed input gives a new
-key, so the cache is never silently stale; deleting the folder is always safe.
+Every notebook run and sweep config starts from the same "pre-trained" model. Pre-training
+it is most of a run's cost, so the trained weights and their History are kept in a cache
+folder, keyed by a hash of everything that determines them: the data itself (its bytes,
+not just its seed), the model's sizes, the training settings and seed, the device type,
+the source of the code that trains (and, for the transformer, defines) the model, and the
+lora_core and torch versions. A changed input gives a new key, so the cache is never
+silently stale; deleting the folder is always safe.
+
+The cache can only save time, never break a run: each file carries a SHA-256 checksum of
+its tensors, and a file that cannot be read, lacks its metadata or fails its checksum is
+warned about and trained again; a cache folder that cannot be written is warned about and
+the run goes on without it.
 """
 
 from __future__ import annotations
@@ -22,12 +28,15 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from .models import TinyTransformer, TransformerConfig, build_transformer, config_dict
 from .training import History, check_data, resolve_device, seed_everything, train
 
 FRAME_COLUMNS = ("train_loss", "eval_loss", "seconds")
 PACKAGE_DIR = Path(__file__).resolve().parent
 # Every file whose code decides what pre-training computes: the loop and its fast path.
 TRAINING_CODE = ("training.py", "fast/steps.py", "fast/optim.py")
+# The transformer's weights depend on its definition and on the tasks' code as well.
+TRANSFORMER_CODE = (*TRAINING_CODE, "models.py", "sequences.py")
 
 
 def default_cache_dir() -> Path:
@@ -35,7 +44,7 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("LORA_CORE_CACHE", Path.home() / ".cache" / "lora_core"))
 
 
-def cache_key(X: torch.Tensor, y: torch.Tensor, settings: dict) -> str:
+def cache_key(X: torch.Tensor, y: torch.Tensor, settings: dict, code: tuple[str, ...] = TRAINING_CODE) -> str:
     from . import __version__
 
     digest = hashlib.sha256()
@@ -45,17 +54,22 @@ def cache_key(X: torch.Tensor, y: torch.Tensor, settings: dict) -> str:
         digest.update(t.view(torch.uint8).numpy() if t.numel() else b"")
     # The training code is part of the key too: a change to the loop (a new fast path,
     # say) must not silently reuse bases trained by the old one.
-    code = hashlib.sha256()
-    for module in TRAINING_CODE:
-        code.update((PACKAGE_DIR / module).read_bytes())
+    source = hashlib.sha256()
+    for module in code:
+        source.update((PACKAGE_DIR / module).read_bytes())
     meta = {
         **settings,
         "lora_core": __version__,
         "torch": torch.__version__,
-        "training_code": code.hexdigest(),
+        "training_code": source.hexdigest(),
     }
     digest.update(json.dumps(meta, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:24]
+
+
+def _cache_path(prefix: str, key: str, cache_dir) -> Path:
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return folder / f"{prefix}-{key}.safetensors"
 
 
 def pretrain_base(
@@ -92,54 +106,137 @@ def pretrain_base(
     )
     path = None
     if cache:
-        folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        path = folder / f"base-{cache_key(X, y, {**schedule, 'device': dev.type})}.safetensors"
-        cached = _load(path, X.shape[1], y.shape[1])
-        if cached is not None:
-            return cached[0].to(dev), cached[1]
+        path = _cache_path("base", cache_key(X, y, {**schedule, "device": dev.type}), cache_dir)
+        cached = _load(path)
+        if cached is not None and tuple(cached[0]["weight"].shape) == (y.shape[1], X.shape[1]):
+            base = nn.Linear(X.shape[1], y.shape[1], bias=False)
+            base.load_state_dict(cached[0])
+            return base.to(dev), cached[1]
 
     seed_everything(seed)
     base = nn.Linear(X.shape[1], y.shape[1], bias=False)
     history = train(base, X, y, device=dev, progress=progress, **schedule)
     if path is not None:
-        _save(path, base, history)
+        _save(path, base.state_dict(), history)
     return base, history
 
 
-def _save(path: Path, base: nn.Linear, history: History) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def pretrain_transformer(
+    X: torch.Tensor,
+    y: torch.Tensor,
+    config: TransformerConfig | None = None,
+    epochs: int = 4,
+    batch_size: int = 64,
+    lr: float = 3e-3,
+    optimizer: str = "adamw",
+    sampling: str = "shuffle",
+    eval_every: int = 1,
+    seed: int = 0,
+    device: str | torch.device = "auto",
+    progress: bool = True,
+    cache: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+) -> tuple[TinyTransformer, History]:
+    """Build ``TinyTransformer(config)`` (seeded) and train it on token sequences (X, y).
+
+    The cross-entropy twin of ``pretrain_base``, cached the same way; the key also covers
+    the model's sizes and the code of ``models.py`` and ``sequences.py``.
+    """
+    check_data(X, y)
+    config = config or TransformerConfig()
+    dev = resolve_device(device)
+    schedule = dict(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        optimizer=optimizer,
+        sampling=sampling,
+        eval_every=eval_every,
+        seed=seed,
+    )
+    path = None
+    if cache:
+        settings = {**schedule, "model": config_dict(config), "device": dev.type}
+        path = _cache_path("transformer", cache_key(X, y, settings, TRANSFORMER_CODE), cache_dir)
+        cached = _load(path)
+        if cached is not None:
+            model = TinyTransformer(config)
+            try:
+                model.load_state_dict(cached[0])
+            except RuntimeError as err:  # a file whose names or shapes are not this model's
+                _warn(f"ignoring cached model {path} that does not fit this model ({err}); training it again")
+            else:
+                return model.to(dev), cached[1]
+
+    model = build_transformer(config, seed)
+    history = train(model, X, y, device=dev, progress=progress, loss="cross_entropy", **schedule)
+    if path is not None:
+        _save(path, model.state_dict(), history)
+    return model, history
+
+
+# ---------------------------------------------------------------------------------------
+# The files: tensors, the History, and a checksum of the tensors
+
+
+def _warn(message: str) -> None:
+    # stacklevel 4: pretrain_* -> _load/_save -> _warn -> warn; point at pretrain_*'s caller.
+    warnings.warn(message, stacklevel=4)
+
+
+def tensors_checksum(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        digest.update(repr((name, str(t.dtype), tuple(t.shape))).encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def _save(path: Path, state: dict[str, torch.Tensor], history: History) -> None:
     frame = history.frame
-    tensors = {"weight": base.weight.detach().cpu().contiguous()}
+    tensors = {f"model.{name}": t.detach().cpu().contiguous() for name, t in state.items()}
     tensors["epoch"] = torch.tensor(frame.index.to_numpy(), dtype=torch.int64)
     for col in FRAME_COLUMNS:
         tensors[col] = torch.tensor(frame[col].to_numpy(), dtype=torch.float64)
     meta = {"diverged_at": history.diverged_at, "settings": history.settings}
-    metadata = {"history": json.dumps(meta, default=str)}
+    metadata = {"history": json.dumps(meta, default=str), "checksum": tensors_checksum(tensors)}
     # Written under a temporary name and renamed, so a reader never sees half a file.
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
-
-
-def _load(path: Path, d_in: int, d_out: int) -> tuple[nn.Linear, History] | None:
-    if not path.is_file():
-        return None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    except (OSError, SafetensorError) as err:
+        # The model is trained and in memory: losing the cache must not lose the run.
+        _warn(f"cannot write the cache file {path} ({err}); going on without caching")
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass  # the folder is not there or not writable: no temporary file was left
+
+
+def _load(path: Path) -> tuple[dict[str, torch.Tensor], History] | None:
+    """The state dict and History stored at ``path``; None (with a warning) unless intact."""
+    try:
+        if not path.is_file():
+            return None
         with safe_open(str(path), framework="pt") as fh:
             tensors = {name: fh.get_tensor(name) for name in fh.keys()}
-            meta = json.loads(fh.metadata()["history"])
-        weight = tensors["weight"]
-    except (SafetensorError, OSError, KeyError, ValueError) as err:
-        warnings.warn(f"ignoring unreadable cached base {path}: {err}; training it again", stacklevel=3)
+            metadata = fh.metadata() or {}
+        if "checksum" not in metadata or "history" not in metadata:
+            raise ValueError("no checksum or history in its metadata")
+        if tensors_checksum(tensors) != metadata["checksum"]:
+            raise ValueError("its tensors do not match the checksum stored with them")
+        meta = json.loads(metadata["history"])
+        state = {name[len("model.") :]: t for name, t in tensors.items() if name.startswith("model.")}
+        frame = pd.DataFrame(
+            {col: tensors[col].numpy() for col in FRAME_COLUMNS},
+            index=pd.Index(tensors["epoch"].numpy(), name="epoch"),
+        )
+        history = History(frame, meta["diverged_at"], {**meta["settings"], "from_cache": True})
+    except (SafetensorError, OSError, KeyError, ValueError, TypeError) as err:
+        _warn(f"ignoring unreadable cached base {path}: {err}; training it again")
         return None
-    if tuple(weight.shape) != (d_out, d_in):
-        return None
-    base = nn.Linear(d_in, d_out, bias=False)
-    with torch.no_grad():
-        base.weight.copy_(weight)
-    frame = pd.DataFrame(
-        {col: tensors[col].numpy() for col in FRAME_COLUMNS},
-        index=pd.Index(tensors["epoch"].numpy(), name="epoch"),
-    )
-    settings = {**meta["settings"], "from_cache": True}
-    return base, History(frame, meta["diverged_at"], settings)
+    return state, history

@@ -2,8 +2,10 @@
 
 Each epoch takes n // batch_size steps on minibatches drawn *with replacement* (as the
 blog does) or from a shuffled permutation, optimises only the parameters that require
-grad, and every ``eval_every`` epochs measures the MSE on the full data, the number the
-blog prints. The run is recorded in a ``History``.
+grad, and every ``eval_every`` epochs measures the loss on the full data, the number the
+blog prints. The loss is the blog's MSE, or, for a model that maps token ids to logits
+(the transformer of notebook 05), ``loss="cross_entropy"``. The run is recorded in a
+``History``.
 
 ``train`` is the textbook autograd loop. Where an exact fast path applies (``fast.steps``:
 the frozen base's output cached, gradients written by hand), it takes that instead, with
@@ -28,6 +30,8 @@ from .validation import check_choice, check_float, check_int
 
 SAMPLINGS = ("with_replacement", "shuffle")
 OPTIMIZERS = ("adam", "adamw", "sgd")
+LOSSES = ("mse", "cross_entropy")
+IGNORE_INDEX = -100  # cross-entropy targets with this value are skipped (torch's default)
 
 
 def seed_everything(seed: int) -> None:
@@ -71,7 +75,7 @@ class History:
     """What one training run recorded.
 
     ``frame`` has one row per epoch run: the mean minibatch loss (``train_loss``), the
-    full-data MSE on the epochs it was measured (``eval_loss``, NaN elsewhere), and the
+    full-data loss (MSE or cross-entropy) on the epochs it was measured (``eval_loss``, NaN elsewhere), and the
     wall time since the start (``seconds``). A run whose loss became NaN or Inf stops
     there and says so in ``diverged_at``; what it computed until then is kept.
     """
@@ -90,7 +94,7 @@ class History:
 
     @property
     def final_loss(self) -> float:
-        """The last full-data MSE measured (NaN if the run diverged before any)."""
+        """The last full-data loss measured (NaN if the run diverged before any)."""
         losses = self.eval_losses
         return float(losses.iloc[-1]) if len(losses) else float("nan")
 
@@ -150,30 +154,29 @@ def check_data(X: torch.Tensor, y: torch.Tensor) -> None:
         )
 
 
-def _check_data_fits(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> None:
-    """X and y in the model's dtype, and X of a width the model takes, mapped to y's width."""
+def _check_data_fits(model: nn.Module, X: torch.Tensor, y: torch.Tensor, loss: str = "mse") -> None:
+    """X a batch the model takes, and y targets its output fits (``check_targets``); for
+    MSE, X and y also in the model's dtype."""
     param = next(model.parameters())
-    for name, t in (("X", X), ("y", y)):
-        if t.dtype != param.dtype:
-            raise ValueError(
-                f"{name}.dtype={t.dtype} is not allowed: expected the model's dtype {param.dtype}"
-            )
+    if loss == "mse":
+        for name, t in (("X", X), ("y", y)):
+            if t.dtype != param.dtype:
+                raise ValueError(
+                    f"{name}.dtype={t.dtype} is not allowed: expected the model's dtype {param.dtype}"
+                )
     was_training = model.training
     model.eval()  # no dropout, no batch-norm statistics updated by this probe
     try:
         with torch.no_grad():
             out = model(X[:1].to(param.device))
-    except RuntimeError as err:
+    except (RuntimeError, IndexError) as err:
         raise ValueError(
             f"X.shape={tuple(X.shape)} is not allowed: the model cannot take rows of width "
-            f"{X.shape[1]} ({str(err).splitlines()[0]})"
+            f"{X.shape[1]} and dtype {X.dtype} ({str(err).splitlines()[0]})"
         ) from None
     finally:
         model.train(was_training)
-    if out.shape[1:] != y.shape[1:]:
-        raise ValueError(
-            f"y.shape={tuple(y.shape)} is not allowed: the model maps X to {tuple(out.shape[1:])} per row"
-        )
+    check_targets(out, y, loss)
 
 
 def check_schedule(n: int, epochs, batch_size, lr, eval_every, optimizer, sampling) -> dict:
@@ -195,6 +198,43 @@ def batch_indices(n: int, steps: int, batch_size: int, sampling: str, gen: torch
     return torch.randperm(n, generator=gen)[: steps * batch_size].view(steps, batch_size)
 
 
+def check_targets(out: torch.Tensor, y: torch.Tensor, loss: str) -> None:
+    """The model's output on one row must fit the targets: same shape (MSE), or logits with
+    one more axis than the integer class targets (cross-entropy)."""
+    if loss == "mse" and out.shape[1:] != y.shape[1:]:
+        raise ValueError(
+            f"y.shape={tuple(y.shape)} is not allowed: the model maps X to {tuple(out.shape[1:])} per row"
+        )
+    if loss == "cross_entropy" and (out.shape[1:-1] != y.shape[1:] or y.is_floating_point()):
+        raise ValueError(
+            f"y.shape={tuple(y.shape)} (dtype {y.dtype}) is not allowed with loss='cross_entropy': "
+            f"expected integer class ids of shape (n, {', '.join(map(str, out.shape[1:-1]))}) "
+            f"for logits of shape {tuple(out.shape[1:])} per row"
+        )
+
+
+def loss_fn(loss: str):
+    """The minibatch loss: MSE, or the cross-entropy over every non-ignored target."""
+    if loss == "mse":
+        return F.mse_loss
+    # Logits (..., classes) flattened against targets (...): one class axis, as torch wants.
+    return lambda logits, t: F.cross_entropy(logits.flatten(0, -2), t.flatten(), ignore_index=IGNORE_INDEX)
+
+
+def full_loss(predict, X: torch.Tensor, target: torch.Tensor, loss: str = "mse") -> float:
+    """The loss over the whole dataset, in chunks so large data fits in memory."""
+    if loss == "mse":
+        return full_mse(predict, X, target)
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for start in range(0, X.shape[0], EVAL_CHUNK):
+            logits, t = predict(X[start : start + EVAL_CHUNK]), target[start : start + EVAL_CHUNK]
+            flat = t.flatten()
+            total += float(F.cross_entropy(logits.flatten(0, -2).double(), flat, reduction="sum"))
+            count += int((flat != IGNORE_INDEX).sum())
+    return total / count if count else float("nan")
+
+
 def full_mse(predict, X: torch.Tensor, target: torch.Tensor) -> float:
     """MSE over the whole dataset, in chunks so large data fits in memory."""
     total = 0.0
@@ -206,15 +246,16 @@ def full_mse(predict, X: torch.Tensor, target: torch.Tensor) -> float:
     return total / target.numel()
 
 
-def evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> float:
-    """The full-data MSE of ``model`` on (X, y): the number the blog prints."""
+def evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor, loss: str = "mse") -> float:
+    """The full-data loss of ``model`` on (X, y): the MSE the blog prints, or the cross-entropy."""
     check_data(X, y)
+    loss = check_choice("loss", loss, LOSSES)
     param = next(model.parameters(), None)
     dev = param.device if param is not None else X.device
     was_training = model.training
     model.eval()
     try:
-        return full_mse(model, X.to(dev), y.to(dev))
+        return full_loss(model, X.to(dev), y.to(dev), loss)
     finally:
         model.train(was_training)
 
@@ -233,8 +274,12 @@ def train(
     device: str | torch.device = "auto",
     progress: bool = True,
     cache_frozen: bool = True,
+    loss: str = "mse",
 ) -> History:
-    """Train the model's trainable parameters on (X, y) with an MSE loss.
+    """Train the model's trainable parameters on (X, y) with an MSE or cross-entropy loss.
+
+    ``loss="cross_entropy"`` takes integer class ids ``y`` (``IGNORE_INDEX`` skipped) and a
+    model returning logits with one more axis, e.g. token ids (n, t) -> (n, t, vocab).
 
     ``seed`` fixes the minibatch sequence (and dropout); the same seed gives the same
     History, bit for bit, on the same machine and thread count. The model is moved to
@@ -258,7 +303,8 @@ def train(
             f"model has merged LoRA layers {merged}: their A and B no longer take part in the "
             "forward pass; call unmerge_lora(model) before training"
         )
-    _check_data_fits(model, X, y)
+    loss = check_choice("loss", loss, LOSSES)
+    _check_data_fits(model, X, y, loss)
 
     if seed is not None:
         seed_everything(seed)
@@ -268,15 +314,16 @@ def train(
     X, y = X.to(dev), y.to(dev)
     params = [p for p in model.parameters() if p.requires_grad]  # .to() may have replaced them
     opt = make_optimizer(settings["optimizer"], params, settings["lr"])
-    # The same loss and updates, faster, where one applies (see fast.steps); else None.
-    fast = fast_path(model, X, y, opt) if cache_frozen else None
+    # The same loss and updates, faster, where one applies (see fast.steps; MSE only); else None.
+    fast = fast_path(model, X, y, opt) if cache_frozen and loss == "mse" else None
     target, predict = (fast.target, fast.predict) if fast else (y, model)
     hand_step = fast.step if fast else None
 
     gen = torch.Generator().manual_seed(seed)
     n, steps = X.shape[0], X.shape[0] // settings["batch_size"]
     cached = bool(fast and fast.frozen_cached)
-    rec = Recorder({**settings, "seed": seed, "device": str(dev), "cache_frozen": cached})
+    rec = Recorder({**settings, "seed": seed, "device": str(dev), "cache_frozen": cached, "loss": loss})
+    criterion = loss_fn(loss)
     model.train()
     for epoch in tqdm(range(1, settings["epochs"] + 1), desc="epochs", disable=not progress, leave=False):
         idx = batch_indices(n, steps, settings["batch_size"], settings["sampling"], gen).to(dev)
@@ -285,19 +332,19 @@ def train(
             # index_select: the same rows as X[rows], gathered about 3x faster on CPU.
             x, t = X.index_select(0, rows), target.index_select(0, rows)
             if hand_step:
-                loss = hand_step(x, t)
+                step_loss = hand_step(x, t)
             else:
-                loss = F.mse_loss(predict(x), t)
+                step_loss = criterion(predict(x), t)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                step_loss.backward()
                 opt.step()
-            epoch_loss += loss.detach()
+            epoch_loss += step_loss.detach()
         train_loss = float(epoch_loss) / steps  # one device sync per epoch, not per step
         measure = epoch % settings["eval_every"] == 0 or epoch == settings["epochs"]
         eval_loss = None
         if measure and np.isfinite(train_loss):
             model.eval()
-            eval_loss = full_mse(predict, X, target)
+            eval_loss = full_loss(predict, X, target, loss)
             model.train()
         rec.add(epoch, train_loss, eval_loss)
         if rec.diverged_at is not None:

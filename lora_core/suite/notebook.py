@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from ..layer import INITS, SCALINGS
+from ..models import PLACEMENTS
+from ..sequences import TASKS
 from ..training import OPTIMIZERS, SAMPLINGS, resolve_device
 from ..validation import check_bool, check_choice, check_float, check_int
 from .regression import parameter_differences
@@ -54,8 +56,26 @@ def _positive_float(name: str, value: Any, p: Mapping) -> float:
 
 
 def _rank(name: str, value: Any, p: Mapping) -> int:
-    widths = [p[w] for w in ("d_in", "d_out") if w in p]
+    widths = [p[w] for w in ("d_in", "d_out", "d_model") if w in p]
     return check_int(name, value, 1, min(widths) if widths else None)
+
+
+def _divisor(name: str, value: Any, of: int | None) -> int:
+    value = check_int(name, value, 1)
+    if of is not None and of % value:
+        raise ValueError(f"{name}={value!r} is not allowed: expected a divisor of d_model={of}")
+    return value
+
+
+def _new_tasks(name: str, value: Any, p: Mapping) -> list:
+    """At least two fine-tuning tasks (notebook 05 switches between them), none the pre-training one."""
+    tasks = _list_of(_choice(TASKS), ordered=False)(name, value, p)
+    if len(tasks) < 2 or p.get("pretrain_task") in tasks:
+        raise ValueError(
+            f"{name}={value!r} is not allowed: expected at least two of {list(TASKS)} other than "
+            f"pretrain_task={p.get('pretrain_task')!r}"
+        )
+    return tasks
 
 
 def _choice(choices: tuple) -> Callable[[str, Any, Mapping], Any]:
@@ -161,6 +181,20 @@ RULES: dict[str, Callable[[str, Any, Mapping], Any]] = {
     "output_dir": _output_dir,
     "sweep_dir": _sweep_dir,
     "compare_with": _optional_folder,
+    # Notebook 05: the transformer and its sequence tasks.
+    "vocab_size": lambda name, value, p: check_int(name, value, 2),
+    "seq_len": lambda name, value, p: check_int(name, value, 3),
+    "d_model": _positive_int,
+    "n_heads": lambda name, value, p: _divisor(name, value, p.get("d_model")),
+    "n_layers": _positive_int,
+    "d_mlp": _positive_int,
+    "n_test": _positive_int,
+    "pretrain_task": _choice(TASKS),
+    "tasks": lambda name, value, p: _new_tasks(name, value, p),
+    "placements": _list_of(_choice(tuple(PLACEMENTS)), ordered=False),
+    "finetune_epochs": _positive_int,
+    "finetune_lr": _positive_float,
+    "fixed_scale": _positive_float,
 }
 # Parameters whose checked value (an absolute folder) replaces the given one everywhere.
 FOLDERS = ("output_dir", "sweep_dir", "compare_with")

@@ -30,7 +30,7 @@ from .reports import build_index
 from .sweep import parse_assignment, run_sweep
 
 ROOT = Path(__file__).resolve().parents[2]
-NOTEBOOKS = ("01_rank1_recovery", "02_rank_sweep", "03_alpha_sweep", "04_sweep_report")
+NOTEBOOKS = ("01_rank1_recovery", "02_rank_sweep", "03_alpha_sweep", "04_sweep_report", "05_transformer")
 # The batch route's sweep: notebook 01 over a grid, aggregated by notebook 04.
 SWEEP_NAME = "sweeps/01_r_x_alpha"
 SWEEP_GRID = {"r": [1, 2, 4], "lora_alpha": [0.5, 1.0, 8.0]}

@@ -93,8 +93,8 @@ def test_a_rank_that_is_not_an_integer_is_refused(folder, target):
 @pytest.mark.parametrize(
     ("text", "match"),
     [
-        ("{not json", r"adapter_config.json is not valid JSON"),
-        ("[1, 2]", r"adapter_config.json holds a JSON list, expected an object"),
+        ("{not json", rf"{CONFIG_NAME} is not valid JSON"),
+        ("[1, 2]", rf"{CONFIG_NAME} holds a JSON list, expected an object"),
         ('{"modules": "0"}', r'"modules" must be a non-empty object'),
         ('{"modules": {"0": 3}}', r"module '0': settings=3 is not allowed"),
     ],

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import lora_core as lc
+from lora_core.adapters import CONFIG_NAME
 
 
 def two_layers():
@@ -250,6 +251,17 @@ CASES = {
     ),
     "seed_everything": lambda t: (lc.seed_everything, [-1], {}),
     "resolve_device": lambda t: (lc.resolve_device, ["tpu"], {}),
+    "export_peft": lambda t: (lc.export_peft, [learnable_model(), t / "peft"], {}),
+    "import_peft": lambda t: (lc.import_peft, [two_layers_adapted_elsewhere(), peft_adapter(t)], {}),
+    "build_transformer": lambda t: (lc.build_transformer, [], {"seed": -1}),
+    "TransformerConfig": lambda t: (lc.TransformerConfig, [], {"d_model": 10, "n_heads": 3}),
+    "make_sequences": lambda t: (lc.make_sequences, ["reversed", 4], {}),
+    "optimizer_state_bytes": lambda t: (lc.optimizer_state_bytes, [two_layers()], {"optimizer": "lbfgs"}),
+    "pretrain_transformer": lambda t: (
+        lc.pretrain_transformer,
+        [*lc.make_sequences("previous", 8, seq_len=4, vocab_size=5)],
+        {"epochs": 0, "cache": False, "progress": False},
+    ),
 }
 # Public names with no input a call could change, or no input it refuses.
 NO_CASE = {
@@ -261,7 +273,21 @@ NO_CASE = {
     "unmerge_lora",
     "AdapterRun",
     "History",
+    "TinyTransformer",  # its settings are a TransformerConfig, checked there
+    "token_accuracy",
+    "weights_checksum",
 }
+
+
+def learnable_model():
+    model = two_layers()
+    lc.add_lora(model, ["0"], r=1, scaling="learnable")  # PEFT has no learnable scale
+    return model
+
+
+def peft_adapter(tmp_path):
+    lc.export_peft(lora_model(), tmp_path / "peft")
+    return tmp_path / "peft"
 
 
 def two_layers_adapted_elsewhere():
@@ -272,7 +298,7 @@ def two_layers_adapted_elsewhere():
 
 def broken_adapter(tmp_path):
     folder = saved_adapter(tmp_path)
-    (folder / "adapter_config.json").write_text('{"modules": {"0": {"r": "one"}}}')
+    (folder / CONFIG_NAME).write_text('{"modules": {"0": {"r": "one"}}}')
     return folder
 
 

@@ -49,20 +49,21 @@ def test_every_variant_computes_the_same_losses_and_gradients(quick_run):
         assert peer in names or any(peer.lower() in note.lower() for note in record["notes"])
     assert any(c["check"].startswith("notebook:") for c in checks)
     assert any(c["check"].startswith("sweep:") for c in checks)
+    assert any(c["check"].startswith("transformer step: lora_core vs PEFT") for c in checks)
     assert all(c["ok"] for c in checks), [c for c in checks if not c["ok"]]
 
 
 def test_reports_hold_every_part_and_ratio(quick_run):
     _, output = quick_run
     record = json.loads((output / "benchmark.json").read_text())
-    assert record["parts"] == ["step", "notebook", "sweep", "scaling"]
+    assert record["parts"] == ["step", "notebook", "sweep", "scaling", "transformer"]
     assert set(record["timings"]) == set(record["parts"])
     for part in record["timings"].values():
         for timing in part.values():
             assert timing["n"] == len(timing["samples"]) >= 1
             assert timing["min"] <= timing["median"] <= timing["max"]
     goals = [r for r in record["ratios"] if r["goal"] is not None]
-    assert {r["part"] for r in goals} == {"step", "notebook", "sweep", "scaling"}
+    assert {r["part"] for r in goals} == {"step", "notebook", "sweep", "scaling", "transformer"}
     assert all(isinstance(r["met"], bool) for r in goals)
     table = (output / "benchmark.md").read_text()
     assert "| part | ratio | median | spread | goal | met | note |" in table
