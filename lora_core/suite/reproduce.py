@@ -26,7 +26,7 @@ from pathlib import Path
 from ..validation import check_int
 from .execute import NotebookRunError, check_parameters, execute_notebook, notebook_parameters
 from .regression import check_metrics
-from .reports import build_index
+from .reports import BASELINES_DIR, build_index
 from .sweep import parse_assignment, run_sweep
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,7 +35,7 @@ NOTEBOOKS = ("01_rank1_recovery", "02_rank_sweep", "03_alpha_sweep", "04_sweep_r
 SWEEP_NAME = "sweeps/01_r_x_alpha"
 SWEEP_GRID = {"r": [1, 2, 4], "lora_alpha": [0.5, 1.0, 8.0]}
 # The committed baselines: runs are checked against them wherever they are written.
-BASELINES_DIR = ROOT / "reports" / "baselines"
+COMMITTED_BASELINES = ROOT / "reports" / BASELINES_DIR
 
 
 def _declared(notebook: Path, params: dict) -> dict:
@@ -83,7 +83,7 @@ def reproduce(
     only: list[str] | None = None,
     jobs: int = 1,
     baselines: str = "full",
-    baselines_dir: Path = BASELINES_DIR,
+    baselines_dir: Path = COMMITTED_BASELINES,
 ) -> int:
     """Run the plan; return the process exit status."""
     check_plan(notebooks_dir, params, only)
