@@ -56,14 +56,14 @@ def test_every_variant_computes_the_same_losses_and_gradients(quick_run):
 def test_reports_hold_every_part_and_ratio(quick_run):
     _, output = quick_run
     record = json.loads((output / "benchmark.json").read_text())
-    assert record["parts"] == ["step", "notebook", "sweep", "scaling", "transformer"]
+    assert record["parts"] == ["step", "notebook", "sweep", "scaling", "transformer", "notebook05"]
     assert set(record["timings"]) == set(record["parts"])
     for part in record["timings"].values():
         for timing in part.values():
             assert timing["n"] == len(timing["samples"]) >= 1
             assert timing["min"] <= timing["median"] <= timing["max"]
     goals = [r for r in record["ratios"] if r["goal"] is not None]
-    assert {r["part"] for r in goals} == {"step", "notebook", "sweep", "scaling", "transformer"}
+    assert {r["part"] for r in goals} == {"step", "notebook", "sweep", "scaling", "transformer", "notebook05"}
     assert all(isinstance(r["met"], bool) for r in goals)
     table = (output / "benchmark.md").read_text()
     assert "| part | ratio | median | spread | goal | met | note |" in table
