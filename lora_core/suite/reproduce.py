@@ -98,6 +98,9 @@ def reproduce(
             result = run_sweep(source, SWEEP_GRID, _declared(source, params), sweep_dir, jobs=jobs)
             failures += [f"{SWEEP_NAME}/{f}" for f in result.failed]
             parameters["sweep_dir"] = str(sweep_dir.resolve())
+            # Notebook 03's run of this plan, wherever --reports put it: the notebook's own
+            # default is the repository's reports folder, which may hold another run or none.
+            parameters["compare_with"] = str((reports_dir / "03_alpha_sweep").resolve())
         out = reports_dir / name
         print(f"\n== {notebook} -> {out}")
         start = time.perf_counter()
