@@ -1,5 +1,8 @@
 """Shared fixtures (a small seeded version of the blog's task) and notebook-output readers."""
 
+import os
+from pathlib import Path
+
 import nbformat
 import pytest
 import torch
@@ -25,6 +28,14 @@ def small_task():
     theta2, shift = lc.shift_theta(theta, "ones")
     X2, y2, _ = lc.make_regression(**SMALL, seed=1, theta=theta2)
     return dict(X=X, y=y, theta=theta, base=base, pretrain=history, X2=X2, y2=y2, shift=shift)
+
+
+@pytest.fixture(scope="module")
+def fresh_cache(tmp_path_factory):
+    """Point the kernels a test module starts at an empty cache folder of its own."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LORA_CORE_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield Path(os.environ["LORA_CORE_CACHE"])
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ own notebook tests would.
 """
 
 import math
-import os
 import re
 from pathlib import Path
 
@@ -29,14 +28,6 @@ BASELINES = REPO / "reports" / "baselines"
 # The blog's experiment shrunk to d_in 65, d_out 64: it converges to ΔΘ ≈ 1 in seconds.
 SMALL = dict(n=512, d_in=65, d_out=64, epochs=60, batch_size=64, lr=3e-2)
 FIGURES = ("loss_curves.png", "delta_heatmap.png", "singular_values.png")
-
-
-@pytest.fixture(scope="module")
-def fresh_cache(tmp_path_factory):
-    """Point the kernels this module starts at an empty cache folder."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("LORA_CORE_CACHE", str(tmp_path_factory.mktemp("cache")))
-        yield Path(os.environ["LORA_CORE_CACHE"])
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ parameter errors, and (slow) the default size against the full baseline and the 
 Every run uses a cache folder of its own (``LORA_CORE_CACHE``).
 """
 
-import os
 from pathlib import Path
 
 import nbformat
@@ -24,13 +23,6 @@ SMALL = dict(
     epochs=3, finetune_epochs=2, batch_size=32, r=4, lora_alpha=8.0, ranks="1, 4", placements="q_v, all",
 )  # fmt: skip
 FIGURES = ("placement_accuracy.png", "rank_accuracy.png", "scaling_loss_curves.png")
-
-
-@pytest.fixture(scope="module")
-def fresh_cache(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("LORA_CORE_CACHE", str(tmp_path_factory.mktemp("cache")))
-        yield Path(os.environ["LORA_CORE_CACHE"])
 
 
 @pytest.fixture(scope="module")
