@@ -61,14 +61,15 @@ class StackedAdapters:
     With h = x·A_k (b, r), target t, diff = s·h·B − t and c = 2/(b·d_out), each config's
     MSE and gradients follow from P = hᵀt (r, d_out) and Q = hᵀh (r, r) alone:
 
-        G = s·Q·B − P  (= hᵀ·diff)     dB = c·s·G     ds = c·⟨G, B⟩
-        dH = c·s·(s·h·B·Bᵀ − t·Bᵀ)     ‖diff‖² = ‖t‖² + s·⟨G − P, B⟩
+        G = s·Q·B − P  (= hᵀ·diff)     dB = c·s·G     ds = c·⟨G, B⟩ = c·(s·⟨Q·B, B⟩ − ⟨P, B⟩)
+        dH = c·s·(s·h·B·Bᵀ − t·Bᵀ)     ‖diff‖² = ‖t‖² + s²·⟨Q·B, B⟩ − 2s·⟨P, B⟩
 
     so no config's (b, d_out) residual is ever formed: a step costs four thin matmuls
     (x·A, Hᵀt, t·Bᵀ, xᵀ·dH) however many configs there are, and a handful of small ops
     per rank group. The loss's terms nearly cancel once a config fits (‖t‖² ≈ 1e3 per
-    entry against a loss of 1e-3), so P, Q and G are formed in float64; the gradients
-    keep the precision of the direct float32 form.
+    entry against a loss of 1e-3), so P, Q and G are formed in float64; the
+    gradients keep the precision of the direct float32 form. Every per-step tensor lives
+    in a buffer made on the first step, so the loop allocates nothing large.
     """
 
     def __init__(self, layers: list[LoRALinear]):
@@ -82,12 +83,30 @@ class StackedAdapters:
                 self.cols[i] = slice(start, start + r)
                 start += r
         dev = layers[0].A.device
+        self.order = torch.tensor(order, device=dev)  # configs as they lie in the stack
         self.owner = torch.tensor([i for i in order for _ in range(layers[i].r)], device=dev)
+        # Every config's r × r diagonal block of a (Σr, Σr) matrix, as flat indices in
+        # group order (so one group's blocks are one contiguous (K, r, r) run), and the
+        # config each entry belongs to.
+        blocks = [(self.cols[i], i) for i in order]
+        self.block_index = torch.tensor(
+            [
+                a * start + b
+                for c, _ in blocks
+                for a in range(c.start, c.stop)
+                for b in range(c.start, c.stop)
+            ],
+            device=dev,
+        )
+        self.block_owner = torch.tensor(
+            [i for c, i in blocks for _ in range((c.stop - c.start) ** 2)], device=dev
+        )
         self.A = nn.Parameter(torch.cat([layers[i].A.detach() for i in order], dim=1))
         self.B = nn.Parameter(torch.cat([layers[i].B.detach() for i in order], dim=0))
         self.learnable = torch.tensor([layer.scaling == "learnable" for layer in layers], device=dev)
         self.fixed_scale = torch.stack([layer.scale.detach() for layer in layers])
         self.scale = nn.Parameter(self.fixed_scale.clone()) if self.learnable.any() else None
+        self._buffers: dict[str, torch.Tensor] = {}
 
     def parameters(self) -> list[nn.Parameter]:
         return [self.A, self.B] + ([self.scale] if self.scale is not None else [])
@@ -99,49 +118,74 @@ class StackedAdapters:
         # Only learnable configs take their scale from the trained parameter.
         return torch.where(self.learnable, self.scale, self.fixed_scale)
 
-    def _per_config(self, per_column: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(self.count, dtype=per_column.dtype, device=per_column.device).index_add_(
-            0, self.owner, per_column
-        )
+    def _per_config(self, values: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(self.count, dtype=values.dtype, device=values.device).index_add_(0, owner, values)
 
-    def _blocks(self, M: torch.Tensor, cols: slice, K: int, r: int) -> torch.Tensor:
-        """The K diagonal r × r blocks of M's (cols, cols) square, as (K, r, r)."""
-        return M[cols, cols].view(K, r, K, r).diagonal(dim1=0, dim2=2).permute(2, 0, 1)
+    def _buffer(self, name: str, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+        """The step's working tensor ``name``, made once (again only if its shape changes)."""
+        buf = self._buffers.get(name)
+        if buf is None or buf.shape != shape or buf.dtype != dtype:
+            buf = self._buffers[name] = torch.zeros(shape, dtype=dtype, device=self.A.device)
+        return buf
 
-    def _expand(self, P: torch.Tensor, HtH: torch.Tensor, s64: torch.Tensor):
-        """G = s·Q·B − P (Σr, d_out), each config's ⟨G, B⟩, and its ‖diff‖² − ‖t‖²; float64."""
-        B64 = self.B.double()
-        G = torch.empty_like(P)
+    def _blocks_of(self, M: torch.Tensor) -> torch.Tensor:
+        """Every config's diagonal block of the (Σr, Σr) matrix M, flat in group order."""
+        return M.reshape(-1).index_select(0, self.block_index)
+
+    def _scaled_QB(self, Q: torch.Tensor, B64: torch.Tensor, s64: torch.Tensor, out: torch.Tensor):
+        """s·Q·B for every config, its r × r block of Q times its rows of B, into ``out``."""
+        sQ = self._blocks_of(Q).mul_(s64[self.block_owner])
+        at = 0
         for r, K, cols in self.groups:
-            torch.bmm(self._blocks(HtH, cols, K, r), B64[cols].view(K, r, -1), out=G[cols].view(K, r, -1))
-        G.mul_(s64[self.owner].unsqueeze(1)).sub_(P)
-        GB = self._per_config((G * B64).sum(dim=1))
-        PB = self._per_config((P * B64).sum(dim=1))
-        return G, GB, s64 * (GB - PB)
+            torch.bmm(
+                sQ[at : at + K * r * r].view(K, r, r), B64[cols].view(K, r, -1), out=out[cols].view(K, r, -1)
+            )
+            at += K * r * r
+        return out
+
+    def _loss_terms(self, sQB: torch.Tensor, P: torch.Tensor, B64: torch.Tensor):
+        """Each config's s·⟨Q·B, B⟩ and ⟨P, B⟩ (count,), float64."""
+        return (
+            self._per_config(torch.linalg.vecdot(sQB, B64), self.owner),
+            self._per_config(torch.linalg.vecdot(P, B64), self.owner),
+        )
 
     @torch.no_grad()
     def set_grads(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Write every config's gradients for the minibatch (x, t) into A, B (and the
         scale); return each config's minibatch MSE (count,), in float64."""
-        H = x @ self.A  # (b, Σr): one product for every config
-        t64 = t.double()
+        b, R, f64 = x.shape[0], self.A.shape[1], torch.float64
+        H = torch.mm(x, self.A, out=self._buffer("H", (b, R), x.dtype))  # one product for every config
+        H64 = self._buffer("H64", (b, R), f64).copy_(H)
+        t64 = self._buffer("t64", tuple(t.shape), f64).copy_(t)
+        P = torch.mm(H64.T, t64, out=self._buffer("P", (R, t.shape[1]), f64))
+        Q = torch.mm(H64.T, H64, out=self._buffer("Q", (R, R), f64))
+        B64 = self._buffer("B64", tuple(self.B.shape), f64).copy_(self.B)
         c = 2.0 / t.numel()
         s = self.scales()
         s64 = s.double()
-        H64 = H.double()
-        G, GB, extra = self._expand(H64.T @ t64, H64.T @ H64, s64)
+        G = self._scaled_QB(Q, B64, s64, out=self._buffer("G", tuple(P.shape), f64))
+        sQBB, PB = self._loss_terms(G, P, B64)
+        G.sub_(P)  # G = s·Q·B − P
         if self.scale is not None:
-            self.scale.grad = torch.where(self.learnable, GB.mul_(c), 0.0).to(self.scale.dtype)
-        self.B.grad = G.mul_(c * s64[self.owner].unsqueeze(1)).to(self.B.dtype)
-        s_col = s[self.owner]  # (Σr,)
-        hBBt = torch.empty_like(H)
+            self.scale.grad = torch.where(self.learnable, (sQBB - PB).mul_(c), 0.0).to(self.scale.dtype)
+        self.B.grad = self._buffer("dB", tuple(self.B.shape), self.B.dtype).copy_(
+            G.mul_(s64[self.owner].mul(c).unsqueeze(1))
+        )
+
+        # dloss/dH = c·s·(h·(s·B·Bᵀ) − t·Bᵀ): the product with t as one matmul for every
+        # config, the small r × r blocks added per rank group (a config's NaN stays its own).
+        gH = torch.mm(t, self.B.T, out=self._buffer("gH", (b, R), x.dtype)).neg_()
+        s_stacked = s[self.order]
+        first = 0
         for r, K, cols in self.groups:
             Bg = self.B[cols].view(K, r, -1)
-            hg = torch.bmm(H[:, cols].view(-1, K, r).transpose(0, 1), torch.bmm(Bg, Bg.transpose(1, 2)))
-            hBBt[:, cols].view(-1, K, r).transpose(0, 1).copy_(hg)
-        # dloss/dH = c·s·(s·h·B·Bᵀ − t·Bᵀ), the product with t as one matmul for every config
-        gH = torch.addmm(hBBt.mul_(s_col), t, self.B.T, alpha=-1).mul_(c * s_col)
-        self.A.grad = x.T @ gH
+            sBBt = torch.bmm(Bg, Bg.transpose(1, 2)).mul_(s_stacked[first : first + K].view(K, 1, 1))
+            gH[:, cols].view(b, K, r).transpose(0, 1).baddbmm_(H[:, cols].view(b, K, r).transpose(0, 1), sBBt)
+            first += K
+        gH.mul_(s[self.owner].mul(c))
+        self.A.grad = torch.mm(x.T, gH, out=self._buffer("dA", tuple(self.A.shape), self.A.dtype))
+        extra = (sQBB - 2 * PB).mul_(s64)  # ‖diff‖² − ‖t‖²
         return extra.add_(torch.dot(t64.view(-1), t64.view(-1))).div_(t.numel())
 
     @torch.no_grad()
@@ -157,7 +201,10 @@ class StackedAdapters:
             HtR += H.T @ R
             HtH += H.T @ H
             RtR += R.square().sum()
-        extra = self._expand(HtR, HtH, self.scales().double())[2]
+        B64 = self.B.double()
+        s64 = self.scales().double()
+        sQBB, PB = self._loss_terms(self._scaled_QB(HtH, B64, s64, torch.empty_like(HtR)), HtR, B64)
+        extra = (sQBB - 2 * PB).mul_(s64)
         return ((extra + RtR) / target.numel()).cpu().numpy()
 
     def copy_into(self, layers: list[LoRALinear]) -> None:
