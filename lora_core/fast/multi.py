@@ -85,28 +85,15 @@ class StackedAdapters:
         dev = layers[0].A.device
         self.order = torch.tensor(order, device=dev)  # configs as they lie in the stack
         self.owner = torch.tensor([i for i in order for _ in range(layers[i].r)], device=dev)
-        # Every config's r × r diagonal block of a (Σr, Σr) matrix, as flat indices in
-        # group order (so one group's blocks are one contiguous (K, r, r) run), and the
-        # config each entry belongs to.
-        blocks = [(self.cols[i], i) for i in order]
-        self.block_index = torch.tensor(
-            [
-                a * start + b
-                for c, _ in blocks
-                for a in range(c.start, c.stop)
-                for b in range(c.start, c.stop)
-            ],
-            device=dev,
-        )
-        self.block_owner = torch.tensor(
-            [i for c, i in blocks for _ in range((c.stop - c.start) ** 2)], device=dev
-        )
+        # The config of each entry of the configs' r × r blocks, laid out flat in group order.
+        self.block_owner = torch.tensor([i for i in order for _ in range(layers[i].r ** 2)], device=dev)
         self.A = nn.Parameter(torch.cat([layers[i].A.detach() for i in order], dim=1))
         self.B = nn.Parameter(torch.cat([layers[i].B.detach() for i in order], dim=0))
         self.learnable = torch.tensor([layer.scaling == "learnable" for layer in layers], device=dev)
         self.fixed_scale = torch.stack([layer.scale.detach() for layer in layers])
         self.scale = nn.Parameter(self.fixed_scale.clone()) if self.learnable.any() else None
         self._buffers: dict[str, torch.Tensor] = {}
+        self._forms: dict[str, torch.Tensor] = {}
 
     def parameters(self) -> list[nn.Parameter]:
         return [self.A, self.B] + ([self.scale] if self.scale is not None else [])
@@ -128,13 +115,41 @@ class StackedAdapters:
             buf = self._buffers[name] = torch.zeros(shape, dtype=dtype, device=self.A.device)
         return buf
 
-    def _blocks_of(self, M: torch.Tensor) -> torch.Tensor:
-        """Every config's diagonal block of the (Σr, Σr) matrix M, flat in group order."""
-        return M.reshape(-1).index_select(0, self.block_index)
+    def _gram_blocks(self, H: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Every config's hᵀh (r × r) for its columns h of H, flat in group order, into ``out``.
 
-    def _scaled_QB(self, Q: torch.Tensor, B64: torch.Tensor, s64: torch.Tensor, out: torch.Tensor):
-        """s·Q·B for every config, its r × r block of Q times its rows of B, into ``out``."""
-        sQ = self._blocks_of(Q).mul_(s64[self.block_owner])
+        Only these blocks are used, so only they are formed: one small bmm per rank group
+        rather than the whole (Σr, Σr) product."""
+        at = 0
+        for r, K, cols in self.groups:
+            Hg = H[:, cols].view(-1, K, r).permute(1, 2, 0)  # (K, r, b)
+            torch.bmm(Hg, Hg.transpose(1, 2), out=out[at : at + K * r * r].view(K, r, r))
+            at += K * r * r
+        return out
+
+    def _scale_forms(self) -> dict[str, torch.Tensor]:
+        """The scales in the shapes the step uses them: per config, per column of A, per
+        entry of the r × r blocks, per config in stack order. Made once, unless a scale is
+        learned."""
+        if self.scale is None and self._forms:
+            return self._forms
+        s = self.scales()
+        s64 = s.double()
+        forms = {
+            "config64": s64,
+            "column64": s64[self.owner].unsqueeze(1),
+            "block64": s64[self.block_owner],
+            "column": s[self.owner],
+            "stacked": s[self.order].view(-1, 1, 1),
+        }
+        if self.scale is None:
+            self._forms = forms
+        return forms
+
+    def _scaled_QB(self, Q: torch.Tensor, B64: torch.Tensor, s_block: torch.Tensor, out: torch.Tensor):
+        """s·Q·B for every config, its r × r block Q (flat, as ``_gram_blocks`` lays them
+        out; ``s_block`` its scale per entry) times its rows of B, into ``out``."""
+        sQ = Q * s_block
         at = 0
         for r, K, cols in self.groups:
             torch.bmm(
@@ -159,33 +174,29 @@ class StackedAdapters:
         H64 = self._buffer("H64", (b, R), f64).copy_(H)
         t64 = self._buffer("t64", tuple(t.shape), f64).copy_(t)
         P = torch.mm(H64.T, t64, out=self._buffer("P", (R, t.shape[1]), f64))
-        Q = torch.mm(H64.T, H64, out=self._buffer("Q", (R, R), f64))
+        Q = self._gram_blocks(H64, out=self._buffer("Q", tuple(self.block_owner.shape), f64))
         B64 = self._buffer("B64", tuple(self.B.shape), f64).copy_(self.B)
         c = 2.0 / t.numel()
-        s = self.scales()
-        s64 = s.double()
-        G = self._scaled_QB(Q, B64, s64, out=self._buffer("G", tuple(P.shape), f64))
+        s = self._scale_forms()
+        G = self._scaled_QB(Q, B64, s["block64"], out=self._buffer("G", tuple(P.shape), f64))
         sQBB, PB = self._loss_terms(G, P, B64)
         G.sub_(P)  # G = s·Q·B − P
         if self.scale is not None:
             self.scale.grad = torch.where(self.learnable, (sQBB - PB).mul_(c), 0.0).to(self.scale.dtype)
-        self.B.grad = self._buffer("dB", tuple(self.B.shape), self.B.dtype).copy_(
-            G.mul_(s64[self.owner].mul(c).unsqueeze(1))
-        )
+        self.B.grad = self._buffer("dB", tuple(self.B.shape), self.B.dtype).copy_(G.mul_(s["column64"] * c))
 
         # dloss/dH = c·s·(h·(s·B·Bᵀ) − t·Bᵀ): the product with t as one matmul for every
         # config, the small r × r blocks added per rank group (a config's NaN stays its own).
         gH = torch.mm(t, self.B.T, out=self._buffer("gH", (b, R), x.dtype)).neg_()
-        s_stacked = s[self.order]
         first = 0
         for r, K, cols in self.groups:
             Bg = self.B[cols].view(K, r, -1)
-            sBBt = torch.bmm(Bg, Bg.transpose(1, 2)).mul_(s_stacked[first : first + K].view(K, 1, 1))
+            sBBt = torch.bmm(Bg, Bg.transpose(1, 2)).mul_(s["stacked"][first : first + K])
             gH[:, cols].view(b, K, r).transpose(0, 1).baddbmm_(H[:, cols].view(b, K, r).transpose(0, 1), sBBt)
             first += K
-        gH.mul_(s[self.owner].mul(c))
+        gH.mul_(s["column"] * c)
         self.A.grad = torch.mm(x.T, gH, out=self._buffer("dA", tuple(self.A.shape), self.A.dtype))
-        extra = (sQBB - 2 * PB).mul_(s64)  # ‖diff‖² − ‖t‖²
+        extra = (sQBB - 2 * PB).mul_(s["config64"])  # ‖diff‖² − ‖t‖²
         return extra.add_(torch.dot(t64.view(-1), t64.view(-1))).div_(t.numel())
 
     @torch.no_grad()
@@ -193,17 +204,19 @@ class StackedAdapters:
         """Full-data MSE of every config, from HᵀR and HᵀH accumulated over row chunks."""
         f64 = dict(dtype=torch.float64, device=X.device)
         HtR = torch.zeros(self.A.shape[1], target.shape[1], **f64)
-        HtH = torch.zeros(self.A.shape[1], self.A.shape[1], **f64)
+        HtH = torch.zeros(self.block_owner.shape, **f64)  # each config's hᵀh block, flat
+        block = torch.empty_like(HtH)
         RtR = torch.zeros((), **f64)
         for start in range(0, X.shape[0], EVAL_CHUNK):
             H = (X[start : start + EVAL_CHUNK] @ self.A).double()
             R = target[start : start + EVAL_CHUNK].double()
             HtR += H.T @ R
-            HtH += H.T @ H
+            HtH += self._gram_blocks(H, out=block)
             RtR += R.square().sum()
         B64 = self.B.double()
         s64 = self.scales().double()
-        sQBB, PB = self._loss_terms(self._scaled_QB(HtH, B64, s64, torch.empty_like(HtR)), HtR, B64)
+        sQ = self._scaled_QB(HtH, B64, s64[self.block_owner], torch.empty_like(HtR))
+        sQBB, PB = self._loss_terms(sQ, HtR, B64)
         extra = (sQBB - 2 * PB).mul_(s64)
         return ((extra + RtR) / target.numel()).cpu().numpy()
 
