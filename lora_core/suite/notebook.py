@@ -246,8 +246,8 @@ def interactive() -> bool:
     """Whether a person is watching this run, so that progress bars help rather than clutter.
 
     In a Jupyter kernel: whether the frontend that sent the cell answers input requests
-    (``allow_stdin`` in the execute request; JupyterLab, Notebook and VS Code do, while
-    papermill, nbconvert and nbclient never do). Outside a kernel: whether stderr is a terminal.
+    (``allow_stdin`` in the execute request: JupyterLab and Notebook answer, papermill,
+    nbconvert and nbclient never do). Outside a kernel: whether stderr is a terminal.
     """
     try:
         from IPython import get_ipython
