@@ -635,6 +635,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     band.add_argument("sweep_dir", help="a lora-sweep folder whose configs differ in the seed alone")
     band.add_argument("--out", required=True, help="the JSON file to write")
+    band.add_argument(
+        "--finished-only",
+        action="store_true",
+        help="summarise the configs that finished and list the others as unfinished, instead of refusing",
+    )
     args = parser.parse_args(argv)
     try:
         if args.command == "markdown":
@@ -644,7 +649,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "seed-band":
             from .seed_band import write_seed_band
 
-            path = write_seed_band(args.sweep_dir, args.out)
+            path = write_seed_band(args.sweep_dir, args.out, args.finished_only)
         else:
             path = build_index(args.root)
     except (FileNotFoundError, ValueError) as error:

@@ -51,11 +51,14 @@ def _shared(parameters: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def summarise_seed_band(sweep_dir: str | os.PathLike, metrics: Sequence[str] = HEADLINE) -> dict[str, Any]:
+def summarise_seed_band(
+    sweep_dir: str | os.PathLike, metrics: Sequence[str] = HEADLINE, finished_only: bool = False
+) -> dict[str, Any]:
     """The band of a sweep over seeds: see the module docstring for what it holds.
 
     Raises ``ValueError`` when the folder is not a sweep, a config has not finished (its
-    seed would silently narrow the band), fewer than two seeds finished, two runs share a
+    seed would silently narrow the band; ``finished_only`` takes the finished ones and
+    lists the others under "unfinished"), fewer than two seeds finished, two runs share a
     seed, or the runs differ in anything but the seed.
     """
     folder = Path(sweep_dir)
@@ -65,12 +68,12 @@ def summarise_seed_band(sweep_dir: str | os.PathLike, metrics: Sequence[str] = H
         )
     configs = read_json(folder / SWEEP_FILE).get("configs") or []
     unfinished = [c["path"] for c in configs if not (folder / c["path"] / METRICS_FILE).is_file()]
-    if unfinished:
+    if unfinished and not finished_only:
         raise ValueError(
             f"sweep_dir={str(sweep_dir)!r} is not allowed: {len(unfinished)} config(s) have no {METRICS_FILE} "
-            f"({', '.join(unfinished)}); finish the sweep (run it again: it resumes) first"
+            f"({', '.join(unfinished)}); finish the sweep (run it again: it resumes) or pass --finished-only"
         )
-    runs = [read_metrics(folder / c["path"]) for c in configs]
+    runs = [read_metrics(folder / c["path"]) for c in configs if c["path"] not in unfinished]
     if len(runs) < 2:
         raise ValueError(
             f"sweep_dir={str(sweep_dir)!r} is not allowed: a band needs at least two seeds, it holds {len(runs)}"
@@ -114,15 +117,18 @@ def summarise_seed_band(sweep_dir: str | os.PathLike, metrics: Sequence[str] = H
         "notebook": runs[0].get("notebook"),
         "about": "min, median and max over one run per seed; made by lora-reports seed-band",
         "seeds": seeds,
+        "unfinished": unfinished,
         "parameters": shared,
         "curves": band_curves,
         "metrics": band_metrics,
     }
 
 
-def write_seed_band(sweep_dir: str | os.PathLike, out: str | os.PathLike) -> Path:
+def write_seed_band(
+    sweep_dir: str | os.PathLike, out: str | os.PathLike, finished_only: bool = False
+) -> Path:
     """Summarise the sweep in ``sweep_dir`` into the JSON file ``out``; returns its path."""
-    band = summarise_seed_band(sweep_dir)
+    band = summarise_seed_band(sweep_dir, finished_only=finished_only)
     return write_json_atomic(Path(out), band)
 
 

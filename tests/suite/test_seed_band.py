@@ -96,6 +96,15 @@ def test_a_sweep_that_cannot_make_a_band_is_refused(tmp_path, seeds, finished, p
     assert not (tmp_path / "band.json").exists()
 
 
+def test_finished_only_bands_the_finished_seeds_and_names_the_others(tmp_path):
+    sweep = make_sweep(tmp_path / "sweep", [0, 1, 2, 3], finished={0, 1, 3})
+    out = tmp_path / "band.json"
+    assert reports_main(["seed-band", str(sweep), "--out", str(out), "--finished-only"]) == 0
+    band = json.loads(out.read_text())
+    assert band["seeds"] == [0, 1, 3] and band["unfinished"] == ["seed=2"]
+    assert band["metrics"]["delta_mean"]["max"] == max(fake_metrics(s)["delta_mean"] for s in (0, 1, 3))
+
+
 def test_runs_that_differ_in_more_than_the_seed_are_refused(tmp_path):
     sweep = make_sweep(tmp_path / "sweep", [0, 1])
     make_sweep(tmp_path / "other", [1], {**PARAMETERS, "r": 2})
