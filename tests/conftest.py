@@ -69,3 +69,16 @@ def printed_text(executed):
         if cell.cell_type == "code"
         for output in cell.outputs
     )
+
+
+def bar_outputs(executed):
+    """Every output of an executed notebook that a progress bar leaves: a widget or stderr text."""
+    return [
+        output
+        for cell in nbformat.read(executed, as_version=4).cells
+        if cell.cell_type == "code"
+        for output in cell.outputs
+        if output.get("name") == "stderr"
+        or "application/vnd.jupyter.widget-view+json" in output.get("data", {})
+        or "epochs" in str(output.get("data", {}).get("text/plain", ""))
+    ]

@@ -4,6 +4,7 @@ notebook    read_parameters / metric_key: what every notebook does around its ex
 plotting    the notebooks' figures (loss curves, ΔΘ heatmaps, sweep heatmaps)
 reports     what a run leaves behind: metrics.json, figures, HTML, the reports index
 markdown    a run as a Markdown blog post with its figures (lora-reports markdown)
+seed_band   the spread of a notebook's numbers over seeds (lora-reports seed-band)
 regression  check a run's metrics against a committed baseline (lora-regress)
 execute     run one notebook with papermill: parameters checked, failures explained
 sweep       run a notebook over a whole grid, resumably, in parallel (lora-sweep)
@@ -19,9 +20,11 @@ pytest_plugin  pytest --lora-notebooks: notebooks run and checked as test items 
 _NAMES = {
     "export_markdown": "markdown",
     "NotebookParameters": "notebook",
+    "interactive": "notebook",
     "metric_key": "notebook",
     "parse_list": "notebook",
     "read_parameters": "notebook",
+    "size_note": "notebook",
     "metric_label": "plotting",
     "plot_delta_grid": "plotting",
     "plot_delta_heatmap": "plotting",
@@ -41,6 +44,11 @@ _NAMES = {
     "save_figure": "reports",
     "write_json_atomic": "reports",
     "write_metrics": "reports",
+    "band_frame": "seed_band",
+    "load_seed_band": "seed_band",
+    "published_in_band": "seed_band",
+    "summarise_seed_band": "seed_band",
+    "write_seed_band": "seed_band",
     "NotebookRunError": "execute",
     "execute_notebook": "execute",
     "notebook_parameters": "execute",

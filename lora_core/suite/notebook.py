@@ -19,12 +19,19 @@ plain ``papermill`` run from any directory, and in the main job. The resolved pa
 written back into the namespace, so the notebook's later cells use it. An
 ``output_dir`` that already holds a finished run (its ``metrics.json``) with other
 parameters is refused: two runs never share a folder.
+
+``progress`` (progress bars while training) is checked but not recorded, since it changes
+what a person sees, not what is computed; it is True only where a person watches
+(``interactive``), so a run by papermill stores no bars whatever the parameter says.
+``params.size_note`` says the run's size in words when it is not the full one, for the
+figures' titles.
 """
 
 from __future__ import annotations
 
 import numbers
 import os
+import sys
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -35,7 +42,7 @@ from ..sequences import TASKS
 from ..training import OPTIMIZERS, SAMPLINGS, resolve_device
 from ..validation import check_bool, check_choice, check_float, check_int
 from .regression import parameter_differences
-from .reports import METRICS_FILE, SUMMARY_FILE, SWEEP_FILE, read_metrics
+from .reports import METRICS_FILE, SCALES, SUMMARY_FILE, SWEEP_FILE, read_metrics
 
 # The checkout this package runs from, where notebooks/ and reports/ live; without one
 # (an installed package), relative folders are taken from the working directory.
@@ -195,7 +202,11 @@ RULES: dict[str, Callable[[str, Any, Mapping], Any]] = {
     "finetune_epochs": _positive_int,
     "finetune_lr": _positive_float,
     "fixed_scale": _positive_float,
+    "progress": lambda name, value, p: value and interactive(),
 }
+# Parameters that change how a run looks, not what it computes: checked, never recorded,
+# so that they can never make a run differ from its baseline.
+UNRECORDED = ("progress",)
 # Parameters whose checked value (an absolute folder) replaces the given one everywhere.
 FOLDERS = ("output_dir", "sweep_dir", "compare_with")
 
@@ -225,6 +236,65 @@ class NotebookParameters(Mapping):
     def __repr__(self) -> str:
         return f"NotebookParameters({self.recorded!r})"
 
+    @property
+    def size_note(self) -> str:
+        """The run's size for a figure title, "" at the full size (``size_note``)."""
+        return size_note(self._parsed)
+
+
+def interactive() -> bool:
+    """Whether a person is watching this run, so that progress bars help rather than clutter.
+
+    In a Jupyter kernel: whether the frontend that sent the cell answers input requests
+    (``allow_stdin`` in the execute request: JupyterLab and Notebook answer, papermill,
+    nbconvert and nbclient never do). Outside a kernel: whether stderr is a terminal.
+    """
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        shell = None
+    else:
+        shell = get_ipython()
+    kernel = getattr(shell, "kernel", None)
+    if kernel is None:
+        return sys.stderr.isatty()
+    request = kernel.get_parent() or {}
+    return bool(request.get("content", {}).get("allow_stdin", False))
+
+
+# The full size of each experiment, the notebooks' defaults: the blog's y = X·θ (01-04)
+# and notebook 05's transformer. A size parameter a run does not give is at its default.
+FULL_SIZES = (
+    SCALES["full"],
+    dict(
+        vocab_size=16, seq_len=16, d_model=64, n_heads=4, n_layers=2, d_mlp=128,
+        n=2048, n_test=512, epochs=4, finetune_epochs=3,
+    ),
+)  # fmt: skip
+
+
+def size_note(parameters: Mapping[str, Any]) -> str:
+    """The sizes of a run that differ from its experiment's full size, in words, or "".
+
+    ``n = 512, d_in × d_out = 65 × 64, 60 epochs`` for the blog's experiment shrunk; the
+    experiment is the one in ``FULL_SIZES`` that names the most of ``parameters``.
+    """
+    full = max(FULL_SIZES, key=lambda sizes: sum(name in parameters for name in sizes))
+    sizes = {name: parameters.get(name, default) for name, default in full.items()}
+    # d_in and d_out read as one shape: both are said when either differs.
+    shape_changed = any(sizes[name] != full[name] for name in ("d_in", "d_out") if name in full)
+    words = []
+    for name, default in full.items():
+        if name == "d_in" and shape_changed:
+            words.append(f"d_in × d_out = {sizes['d_in']} × {sizes['d_out']}")
+        elif name in ("d_in", "d_out") or sizes[name] == default:
+            continue
+        elif name == "epochs":
+            words.append(f"{sizes[name]} epochs")
+        else:
+            words.append(f"{name} = {sizes[name]}")
+    return ", ".join(words)
+
 
 def read_parameters(namespace: MutableMapping[str, Any]) -> NotebookParameters:
     """Check the parameters declared in ``namespace`` (a notebook's ``globals()``).
@@ -246,7 +316,8 @@ def read_parameters(namespace: MutableMapping[str, Any]) -> NotebookParameters:
             value = _TYPES[kind](name, value)
         elif kind is str and not isinstance(value, str):
             raise ValueError(f"{name}={value!r} is not allowed: expected a str")
-        recorded[name] = value
+        if name not in UNRECORDED:
+            recorded[name] = value
         rule = RULES.get(name)
         parsed[name] = rule(name, value, parsed) if rule else value
         if name in FOLDERS and isinstance(parsed[name], str):

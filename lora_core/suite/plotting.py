@@ -11,6 +11,10 @@ The figures are teaching material, so their scales are honest: signed matrices (
 its error) use a diverging colormap centred on zero with symmetric limits, a log scale is
 named in its axis or colour-bar label, and diverged runs are marked rather than dropped.
 Matrices and curves may be torch tensors (any device or dtype) or numpy arrays.
+
+Every function takes a ``subtitle``, a second line under its title: the notebooks pass
+``params.size_note``, so a small run's figures say their size and are never mistaken for
+the full-scale ones.
 """
 
 from __future__ import annotations
@@ -104,6 +108,10 @@ def _symmetric_limit(*arrays: np.ndarray) -> float:
     return limit if limit > 0 else 1.0  # an all-zero ΔΘ (B at its zero init) still draws
 
 
+def _titled(title: str, subtitle: str) -> str:
+    return f"{title}\n{subtitle}" if subtitle else title
+
+
 def _log_label(label: str, log: bool) -> str:
     return f"{label} (log scale)" if log else label
 
@@ -124,12 +132,17 @@ def plot_loss_curves(
     logy: bool = True,
     title: str | None = None,
     ylabel: str = "loss (MSE)",
+    subtitle: str = "",
+    bands: Mapping[str, pd.DataFrame] | None = None,
+    band_label: str = "band",
 ) -> Figure:
     """Loss against epoch, one line per curve, published numbers overlaid as markers.
 
     ``curves``: label -> Series indexed by epoch (``History.eval_losses``), a dict epoch ->
     loss, or a 1-D array. ``reference``: label -> {epoch: loss}, e.g. the blog's table;
-    a reference whose label matches a curve takes that curve's colour.
+    a reference whose label matches a curve takes that curve's colour. ``bands``: label ->
+    a frame indexed by epoch with columns ``min`` and ``max`` (the spread over seeds, say),
+    shaded in the colour of the curve with the same label; ``band_label`` names it.
     """
     _mapping("curves", curves)
     fig = _new_figure(figsize=(7.5, 4.5), layout="constrained")
@@ -140,6 +153,21 @@ def plot_loss_curves(
         marker = "." if len(series) <= 30 else None  # show where few logged epochs lie
         (line,) = ax.plot(series.index, series.to_numpy(), marker=marker, color=f"C{i}", label=str(label))
         colours[label] = line.get_color()
+    for j, (label, band) in enumerate((bands or {}).items()):
+        if not isinstance(band, pd.DataFrame) or not {"min", "max"} <= set(band.columns) or band.empty:
+            raise ValueError(
+                f"bands[{label!r}] is not allowed: expected a non-empty DataFrame with columns min and max"
+            )
+        band = band.sort_index()
+        ax.fill_between(
+            band.index.to_numpy(dtype=float),
+            band["min"].to_numpy(dtype=float),
+            band["max"].to_numpy(dtype=float),
+            color=colours.get(label, f"C{len(curves) + j}"),
+            alpha=0.2,
+            linewidth=0,
+            label=f"{label}: {band_label}",
+        )
     for j, (label, points) in enumerate((reference or {}).items()):
         series = _series(f"reference[{label!r}]", points)
         colour = colours.get(label, f"C{len(curves) + j}")
@@ -158,7 +186,7 @@ def plot_loss_curves(
         ax.set_yscale("log")
     ax.set_xlabel("epoch")
     ax.set_ylabel(_log_label(ylabel, logy))
-    ax.set_title(title or "Loss during training")
+    ax.set_title(_titled(title or "Loss during training", subtitle))
     ax.grid(True, alpha=0.3)
     ax.legend()
     return fig
@@ -169,7 +197,7 @@ def plot_loss_curves(
 
 
 def plot_delta_heatmap(
-    delta: Any, true_delta: Any = None, corner: int = 5, title: str | None = None
+    delta: Any, true_delta: Any = None, corner: int = 5, title: str | None = None, subtitle: str = ""
 ) -> Figure:
     """ΔΘ as a heatmap, its top-left corner with values, and its error when the truth is known.
 
@@ -221,11 +249,17 @@ def plot_delta_heatmap(
         ax.set_ylabel("input index i (d_in)")
         fig.colorbar(image, ax=ax, label="ΔΘ − true (own scale, symmetric about 0)")
 
-    fig.suptitle(title or "The update LoRA learned, ΔΘ")
+    fig.suptitle(_titled(title or "The update LoRA learned, ΔΘ", subtitle))
     return fig
 
 
-def plot_singular_values(deltas: Mapping[str, Any], top: int | None = None, logy: bool = True) -> Figure:
+def plot_singular_values(
+    deltas: Mapping[str, Any],
+    top: int | None = None,
+    logy: bool = True,
+    title: str | None = None,
+    subtitle: str = "",
+) -> Figure:
     """Singular values of each ΔΘ, largest first: a rank-k update shows k values, then a cliff.
 
     A ΔΘ with non-finite entries (a diverged run) has no singular values; it keeps its
@@ -251,7 +285,7 @@ def plot_singular_values(deltas: Mapping[str, Any], top: int | None = None, logy
     ax.xaxis.set_major_locator(FixedLocator(_k_ticks(max(shown, default=1))))
     ax.set_xlabel("index k (largest first)")
     ax.set_ylabel(_log_label("singular value σ_k", logy))
-    ax.set_title("Singular values of ΔΘ" + (f" (top {top})" if top else ""))
+    ax.set_title(_titled(title or "Singular values of ΔΘ" + (f" (top {top})" if top else ""), subtitle))
     ax.grid(True, alpha=0.3)
     ax.legend()
     return fig
@@ -270,6 +304,7 @@ def plot_delta_grid(
     title: str | None = None,
     label: str = "ΔΘ",
     center: float = 0.0,
+    subtitle: str = "",
 ) -> Figure:
     """One heatmap per entry, e.g. each config's ΔΘ, or its error ΔΘ − S.
 
@@ -301,7 +336,7 @@ def plot_delta_grid(
             fig.colorbar(image, ax=ax, label=f"{label} (own scale, symmetric about {center:g})")
     if shared_scale:
         fig.colorbar(image, ax=list(used), label=f"{label} (one scale for all, symmetric about {center:g})")
-    fig.suptitle(title or "Recovered ΔΘ")
+    fig.suptitle(_titled(title or "Recovered ΔΘ", subtitle))
     return fig
 
 
@@ -318,6 +353,7 @@ def plot_metric_heatmap(
     diverged: str | None = None,
     fmt: str = ".3g",
     title: str | None = None,
+    subtitle: str = "",
 ) -> Figure:
     """A metric over a two-parameter grid (e.g. final loss over rank × lora_alpha).
 
@@ -366,7 +402,8 @@ def plot_metric_heatmap(
     ax.set_yticks(range(grid.shape[0]), labels=[f"{r:g}" if _is_number(r) else str(r) for r in grid.index])
     ax.set_xlabel(columns)
     ax.set_ylabel(index)
-    ax.set_title(title or f"{metric_label(values)} over {metric_label(index)} × {metric_label(columns)}")
+    default = f"{metric_label(values)} over {metric_label(index)} × {metric_label(columns)}"
+    ax.set_title(_titled(title or default, subtitle))
     fig.colorbar(image, ax=ax, label=_log_label(values, log))
     if bad.any():
         handles = [Patch(**HATCH, label=f"× diverged or no number ({int(bad.sum())} configs)")]
@@ -397,6 +434,7 @@ def plot_metric_vs(
     logy: bool = False,
     title: str | None = None,
     reference_label: str = "reference",
+    subtitle: str = "",
 ) -> Figure:
     """A metric against one parameter, one line per value of ``hue``.
 
@@ -444,7 +482,7 @@ def plot_metric_vs(
         ax.set_yscale("log")
     ax.set_xlabel(_log_label(x, logx))
     ax.set_ylabel(_log_label(y, logy))
-    ax.set_title(title or f"{metric_label(y)} against {metric_label(x)}")
+    ax.set_title(_titled(title or f"{metric_label(y)} against {metric_label(x)}", subtitle))
     ax.grid(True, alpha=0.3)
     ax.legend()
     return fig

@@ -620,7 +620,8 @@ th {{ background: #f3f3f3; }}
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``lora-reports index [ROOT]`` and ``lora-reports markdown RUN_FOLDER [--out DIR]``."""
+    """``lora-reports index [ROOT]``, ``lora-reports markdown RUN_FOLDER [--out DIR]`` and
+    ``lora-reports seed-band SWEEP_DIR --out FILE``."""
     parser = argparse.ArgumentParser(prog="lora-reports", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     index = commands.add_parser("index", help="write ROOT/index.html linking every run and sweep")
@@ -628,12 +629,27 @@ def main(argv: list[str] | None = None) -> int:
     post = commands.add_parser("markdown", help="turn an executed run into a Markdown post with its figures")
     post.add_argument("run_folder", help="a run folder: metrics.json and the executed notebook")
     post.add_argument("--out", default=None, help="where the post goes (default: RUN_FOLDER/markdown)")
+    band = commands.add_parser(
+        "seed-band",
+        help="summarise a sweep over seeds: min, median and max of every logged loss and headline",
+    )
+    band.add_argument("sweep_dir", help="a lora-sweep folder whose configs differ in the seed alone")
+    band.add_argument("--out", required=True, help="the JSON file to write")
+    band.add_argument(
+        "--finished-only",
+        action="store_true",
+        help="summarise the configs that finished and list the others as unfinished, instead of refusing",
+    )
     args = parser.parse_args(argv)
     try:
         if args.command == "markdown":
             from .markdown import export_markdown
 
             path = export_markdown(args.run_folder, args.out)
+        elif args.command == "seed-band":
+            from .seed_band import write_seed_band
+
+            path = write_seed_band(args.sweep_dir, args.out, args.finished_only)
         else:
             path = build_index(args.root)
     except (FileNotFoundError, ValueError) as error:

@@ -15,7 +15,7 @@ import nbformat
 import pytest
 import torch
 import yaml
-from conftest import image_outputs, printed_text
+from conftest import bar_outputs, image_outputs, printed_text
 
 import lora_core as lc
 from lora_core.suite.execute import NotebookRunError
@@ -71,6 +71,10 @@ def test_small_run_shows_its_figures_inline_and_saves_them(small_run):
         assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     html = (out / "01_rank1_recovery.html").read_text(encoding="utf-8")
     assert html.count("data:image/png;base64") >= len(FIGURES)
+
+
+def test_small_run_stores_no_progress_bar(small_run):
+    assert bar_outputs(small_run.executed) == []
 
 
 def test_small_run_saves_the_adapter_it_measured(small_run):

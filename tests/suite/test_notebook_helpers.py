@@ -1,11 +1,18 @@
-"""What a notebook's own cells call: read_parameters, parse_list and metric_key."""
+"""What a notebook's own cells call: read_parameters, parse_list, metric_key and size_note."""
 
 import os
+import re
+import sys
+from pathlib import Path
 
+import nbformat
 import pytest
 import torch
 
-from lora_core.suite import metric_key, parse_list, read_parameters
+from lora_core.suite import metric_key, notebook, parse_list, read_parameters, size_note
+from lora_core.suite.execute import notebook_parameters
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _cell(**declared):
@@ -105,3 +112,108 @@ def test_metric_keys_name_numbers_by_their_parameter_and_text_alone():
     assert metric_key("final_loss", scaling="rslora", r=1, lora_alpha=0.1) == "final_loss_rslora_r1_alpha0.1"
     assert metric_key("best_loss", r=16, lora_alpha=1000.0) == "best_loss_r16_alpha1000"
     assert metric_key("loss") == "loss"
+
+
+# ---------------------------------------------------------------------------------------
+# progress: bars only where a person watches, never recorded
+
+
+class _Kernel:
+    """What ipykernel's kernel offers: the request of the cell being run."""
+
+    def __init__(self, allow_stdin):
+        self.allow_stdin = allow_stdin
+
+    def get_parent(self):
+        return {"header": {"msg_type": "execute_request"}, "content": {"allow_stdin": self.allow_stdin}}
+
+
+@pytest.mark.parametrize("allow_stdin", [True, False])
+def test_a_kernel_counts_as_watched_when_its_frontend_takes_input(monkeypatch, allow_stdin):
+    import IPython
+
+    shell = type("Shell", (), {"kernel": _Kernel(allow_stdin)})()
+    monkeypatch.setattr(IPython, "get_ipython", lambda: shell)
+    assert notebook.interactive() is allow_stdin
+
+
+@pytest.mark.parametrize("tty", [True, False])
+def test_outside_a_kernel_a_terminal_counts_as_watched(monkeypatch, tty):
+    import IPython
+
+    monkeypatch.setattr(IPython, "get_ipython", lambda: None)
+    monkeypatch.setattr(sys, "stderr", type("Err", (), {"isatty": lambda self: tty})())
+    assert notebook.interactive() is tty
+
+
+@pytest.mark.parametrize("watched", [True, False])
+@pytest.mark.parametrize("asked", [True, False])
+def test_progress_is_on_only_when_asked_and_watched_and_is_never_recorded(
+    monkeypatch, tmp_path, asked, watched
+):
+    monkeypatch.setattr(notebook, "interactive", lambda: watched)
+    params = read_parameters(_cell(epochs=(int, 5), progress=(bool, asked), output_dir=(str, str(tmp_path))))
+    assert params["progress"] is (asked and watched)
+    assert "progress" not in params.recorded and list(params.recorded) == ["epochs", "output_dir"]
+
+
+def test_progress_must_be_a_bool():
+    with pytest.raises(ValueError, match="progress='yes' is not allowed: expected True or False"):
+        read_parameters(_cell(progress=(bool, "yes")))
+
+
+# ---------------------------------------------------------------------------------------
+# size_note: a small run says its size in its figures
+
+
+@pytest.mark.parametrize(
+    "parameters, note",
+    [
+        (dict(n=10000, d_in=1001, d_out=1000, epochs=100, r=4), ""),
+        (dict(n=512, d_in=65, d_out=64, epochs=60), "n = 512, d_in × d_out = 65 × 64, 60 epochs"),
+        (dict(n=10000, d_in=1001, d_out=64, epochs=100), "d_in × d_out = 1001 × 64"),
+        (dict(epochs=20), "20 epochs"),  # a size left out is at its default (a sweep's fixed values)
+        ({}, ""),
+        (
+            dict(vocab_size=16, seq_len=16, d_model=32, n_heads=4, n_layers=2, d_mlp=128, n=256, epochs=4),
+            "d_model = 32, n = 256",
+        ),
+    ],
+)
+def test_size_note_names_the_sizes_that_differ_from_the_full_ones(parameters, note):
+    assert size_note(parameters) == note
+
+
+def test_size_note_of_a_notebooks_parameters(tmp_path):
+    params = read_parameters(
+        _cell(
+            n=(int, 512), d_in=(int, 65), d_out=(int, 64), epochs=(int, 60), output_dir=(str, str(tmp_path))
+        )
+    )
+    assert params.size_note == "n = 512, d_in × d_out = 65 × 64, 60 epochs"
+
+
+NOTEBOOKS = sorted((REPO / "notebooks").glob("0*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_the_full_sizes_are_the_notebooks_defaults(path):
+    declared = notebook_parameters(path)
+    full = max(notebook.FULL_SIZES, key=lambda sizes: sum(name in declared for name in sizes))
+    defaults = {name: declared[name]["default"] for name in full if name in declared}
+    if "sweep_dir" in declared:  # notebook 04 reads a sweep of notebook 01: no sizes of its own
+        assert not defaults
+    else:
+        assert defaults == full
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_figure_of_a_notebook_says_its_size_and_training_follows_progress(path):
+    cells = [cell.source for cell in nbformat.read(path, as_version=4).cells if cell.cell_type == "code"]
+    code = "\n".join(cells[1:])  # the parameters cell aside
+    calls = re.findall(r"suite\.plot_\w+\(", code)
+    assert calls and code.count("subtitle=") == len(calls)
+    assert "progress=False" not in code and "progress=True" not in code
+    if "progress" in cells[0]:
+        assert re.search(r"^progress: bool = True  # .+", cells[0], re.M)
+        assert 'progress=params["progress"]' in code

@@ -214,3 +214,53 @@ def test_figures_are_not_left_open_in_pyplot(sweep):
     plotting.plot_delta_heatmap(rank_one())
     assert plt.get_fignums() == []
     fig.canvas.draw()  # released, yet still draws
+
+
+# ---- what every figure shares -------------------------------------------------------------
+
+
+def test_every_figure_shows_its_subtitle_under_its_title(sweep):
+    note = "n = 512, d_in × d_out = 65 × 64, 60 epochs"
+    axes_titles = [
+        plotting.plot_loss_curves({"a": [3.0, 2.0, 1.0]}, title="Loss", subtitle=note),
+        plotting.plot_singular_values({"ΔΘ": rank_one()}, subtitle=note),
+        plotting.plot_metric_heatmap(sweep, "r", "lora_alpha", "final_loss", subtitle=note),
+        plotting.plot_metric_vs(sweep, "r", "final_loss", subtitle=note),
+    ]
+    for fig in axes_titles:
+        title, subtitle = panels(fig)[0].get_title().split("\n")
+        assert title and subtitle == note
+    suptitled = [
+        plotting.plot_delta_heatmap(rank_one(), subtitle=note),
+        plotting.plot_delta_grid({"a": rank_one(), "b": rank_one(seed=1)}, subtitle=note),
+    ]
+    for fig in suptitled:
+        assert fig.get_suptitle().split("\n")[1] == note
+    # At the full size the note is "": the title is left as it was.
+    assert (
+        plotting.plot_loss_curves({"a": [3.0, 2.0]}, title="Loss", subtitle="").axes[0].get_title() == "Loss"
+    )
+
+
+def test_loss_curves_shade_each_band_in_its_curve_colour():
+    epochs = [10, 20, 30]
+    curves = {
+        "pre-training": pd.Series([4.0, 2.0, 1.0], index=epochs),
+        "LoRA": pd.Series([8.0, 3.0, 1.5], index=epochs),
+    }
+    band = pd.DataFrame({"min": [3.0, 1.5, 0.5], "max": [5.0, 2.5, 1.2]}, index=epochs)
+    fig = plotting.plot_loss_curves(curves, bands={"LoRA": band}, band_label="seeds 0-9")
+    (ax,) = fig.axes
+    (shaded,) = ax.collections
+    assert shaded.get_label() == "LoRA: seeds 0-9"
+    lora = next(line for line in ax.get_lines() if line.get_label() == "LoRA")
+    assert np.allclose(shaded.get_facecolor()[0][:3], matplotlib.colors.to_rgb(lora.get_color()))
+    vertices = shaded.get_paths()[0].vertices
+    assert vertices[:, 0].min() == 10 and vertices[:, 0].max() == 30
+    assert vertices[:, 1].min() == 0.5 and vertices[:, 1].max() == 5.0
+    assert "LoRA: seeds 0-9" in [text.get_text() for text in ax.get_legend().get_texts()]
+
+
+def test_a_band_without_min_and_max_is_refused():
+    with pytest.raises(ValueError, match=r"bands\['a'\] is not allowed: expected a non-empty DataFrame"):
+        plotting.plot_loss_curves({"a": [2.0, 1.0]}, bands={"a": pd.DataFrame({"low": [1.0], "high": [2.0]})})
