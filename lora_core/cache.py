@@ -240,7 +240,9 @@ def _load_data(
     except (SafetensorError, OSError, ValueError) as err:
         _warn(f"ignoring unreadable cached data {path}: {err}; drawing it again")
         return None
-    return tensors["X"], tensors["y"], tensors["theta"]
+    # Copies in memory of torch's own: a tensor read from the file may start at any byte,
+    # and MKL's kernels round differently on unaligned data (1e-9 apart after training).
+    return tensors["X"].clone(), tensors["y"].clone(), tensors["theta"].clone()
 
 
 # ---------------------------------------------------------------------------------------
