@@ -9,7 +9,8 @@ The library a reader learns LoRA from:
     tasks       make_regression / shift_theta: the blog's y = X·θ task and its shifts,
                 compare_delta / low_rank_error: how well a learned ΔΘ recovers a shift
     training    train -> History: the plain loop; evaluate, seed_everything, resolve_device
-    cache       pretrain_base / pretrain_transformer: pre-trained bases, cached on disk
+    cache       pretrain_base / pretrain_transformer: pre-trained bases, cached on disk;
+                cached_regression: make_regression's data, cached the same way
     models      TinyTransformer: a small decoder with q/k/v/o_proj and an MLP, for notebook 05
     sequences   make_sequences / token_accuracy: synthetic token tasks for that transformer
     walkthrough the "Demystifying LoRA" wrapper, rebuilt to show its two defects
@@ -27,7 +28,7 @@ Beside it, two subpackages:
 __version__ = "0.1.0"
 
 from .adapters import adapter_deltas, load_adapter, read_adapter_config, save_adapter
-from .cache import pretrain_base, pretrain_transformer
+from .cache import cached_regression, pretrain_base, pretrain_transformer
 from .fast import AdapterRun, config_grid, train_many
 from .inject import (
     add_lora,
@@ -92,6 +93,7 @@ __all__ = [
     "adapter_deltas",
     "add_lora",
     "build_transformer",
+    "cached_regression",
     "compare_delta",
     "config_grid",
     "count_parameters",

@@ -12,6 +12,9 @@ The cache can only save time, never break a run: each file carries a SHA-256 che
 its tensors, and a file that cannot be read, lacks its metadata or fails its checksum is
 warned about and trained again; a cache folder that cannot be written is warned about and
 the run goes on without it.
+
+The regression data itself (``cached_regression``) is cached the same way, so that the
+configs of a sweep read X and y back rather than draw them again.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .models import TinyTransformer, TransformerConfig, build_transformer, config_dict
+from .tasks import check_regression, make_regression
 from .training import History, check_data, resolve_device, seed_everything, train
 
 FRAME_COLUMNS = ("train_loss", "eval_loss", "seconds")
@@ -37,6 +41,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 TRAINING_CODE = ("training.py", "fast/steps.py", "fast/optim.py")
 # The transformer's weights depend on its definition and on the tasks' code as well.
 TRANSFORMER_CODE = (*TRAINING_CODE, "models.py", "sequences.py")
+DATA_CODE = ("tasks.py",)  # the regression data depends only on how tasks.py draws it
 
 
 def default_cache_dir() -> Path:
@@ -176,12 +181,77 @@ def pretrain_transformer(
 
 
 # ---------------------------------------------------------------------------------------
+# The regression data, cached the same way: drawn once per sweep rather than once per config
+
+
+def cached_regression(
+    n: int = 10000,
+    d_in: int = 1001,
+    d_out: int = 1000,
+    seed: int = 0,
+    theta: torch.Tensor | None = None,
+    dtype: torch.dtype = torch.float32,
+    cache: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``make_regression(n, d_in, d_out, seed, theta, dtype)``, loaded from the disk cache
+    when an identical call stored it there (the same tensors, bit for bit).
+
+    At the blog's scale drawing X and computing X·θ costs more than reading them back,
+    and every config of a sweep draws the same data. The key covers every argument (θ by
+    its bytes), tasks.py's source and the torch and lora_core versions.
+    """
+    n, d_in, d_out, seed = check_regression(n, d_in, d_out, seed, theta, dtype)
+    if not cache:
+        return make_regression(n, d_in, d_out, seed, theta, dtype)
+    given = torch.empty(0) if theta is None else theta
+    settings = dict(n=n, d_in=d_in, d_out=d_out, seed=seed, dtype=str(dtype), theta=theta is not None)
+    path = _cache_path("data", cache_key(given, torch.empty(0), settings, DATA_CODE), cache_dir)
+    stored = _load_data(path, (n, d_in, d_out), dtype)
+    if stored is not None:
+        return stored
+    X, y, theta = make_regression(n, d_in, d_out, seed, theta, dtype)
+    _save_data(path, X, y, theta)
+    return X, y, theta
+
+
+def _save_data(path: Path, X: torch.Tensor, y: torch.Tensor, theta: torch.Tensor) -> None:
+    _write(path, {"X": X, "y": y, "theta": theta.contiguous()}, {})
+
+
+def _load_data(
+    path: Path, sizes: tuple[int, int, int], dtype: torch.dtype
+) -> tuple[torch.Tensor, ...] | None:
+    """(X, y, θ) stored at ``path``; None (with a warning) unless intact and of these sizes."""
+    n, d_in, d_out = sizes
+    shapes = {"X": (n, d_in), "y": (n, d_out), "theta": (d_in, d_out)}
+    try:
+        if not path.is_file():
+            return None
+        with safe_open(str(path), framework="pt") as fh:
+            tensors = {name: fh.get_tensor(name) for name in fh.keys()}
+            metadata = fh.metadata() or {}
+        if tensors_checksum(tensors) != metadata.get("checksum"):
+            raise ValueError("its tensors do not match the checksum stored with them")
+        if {name: (tuple(t.shape), t.dtype) for name, t in tensors.items()} != {
+            name: (shape, dtype) for name, shape in shapes.items()
+        }:
+            raise ValueError(f"it does not hold X, y and θ of shapes {shapes} and dtype {dtype}")
+    except (SafetensorError, OSError, ValueError) as err:
+        _warn(f"ignoring unreadable cached data {path}: {err}; drawing it again")
+        return None
+    # Copies in memory of torch's own: a tensor read from the file may start at any byte,
+    # and MKL's kernels round differently on unaligned data (1e-9 apart after training).
+    return tensors["X"].clone(), tensors["y"].clone(), tensors["theta"].clone()
+
+
+# ---------------------------------------------------------------------------------------
 # The files: tensors, the History, and a checksum of the tensors
 
 
-def _warn(message: str) -> None:
-    # stacklevel 4: pretrain_* -> _load/_save -> _warn -> warn; point at pretrain_*'s caller.
-    warnings.warn(message, stacklevel=4)
+def _warn(message: str, stacklevel: int = 4) -> None:
+    # stacklevel 4: pretrain_* -> _load -> _warn -> warn; point at pretrain_*'s caller.
+    warnings.warn(message, stacklevel=stacklevel)
 
 
 def tensors_checksum(tensors: dict[str, torch.Tensor]) -> str:
@@ -201,7 +271,12 @@ def _save(path: Path, state: dict[str, torch.Tensor], history: History) -> None:
     for col in FRAME_COLUMNS:
         tensors[col] = torch.tensor(frame[col].to_numpy(), dtype=torch.float64)
     meta = {"diverged_at": history.diverged_at, "settings": history.settings}
-    metadata = {"history": json.dumps(meta, default=str), "checksum": tensors_checksum(tensors)}
+    _write(path, tensors, {"history": json.dumps(meta, default=str)})
+
+
+def _write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Store ``tensors`` with their checksum; a failure is a warning, never an error."""
+    metadata = {**metadata, "checksum": tensors_checksum(tensors)}
     # Written under a temporary name and renamed, so a reader never sees half a file.
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     try:
@@ -209,8 +284,8 @@ def _save(path: Path, state: dict[str, torch.Tensor], history: History) -> None:
         save_file(tensors, str(tmp), metadata=metadata)
         os.replace(tmp, path)
     except (OSError, SafetensorError) as err:
-        # The model is trained and in memory: losing the cache must not lose the run.
-        _warn(f"cannot write the cache file {path} ({err}); going on without caching")
+        # What was computed is in memory: losing the cache must not lose the run.
+        _warn(f"cannot write the cache file {path} ({err}); going on without caching", stacklevel=5)
         try:
             tmp.unlink(missing_ok=True)
         except OSError:

@@ -33,26 +33,31 @@ def make_regression(
     Everything is drawn on the CPU from a private generator, so the same seed gives the
     same data whatever device training later runs on and whatever else used the RNG.
     """
+    n, d_in, d_out, seed = check_regression(n, d_in, d_out, seed, theta, dtype)
+    gen = _generator(seed)
+    theta = torch.randn(d_in, d_out, generator=gen, dtype=dtype) if theta is None else theta.to(dtype)
+    X = torch.randn(n, d_in, generator=gen, dtype=dtype)
+    return X, X @ theta, theta
+
+
+def check_regression(n, d_in, d_out, seed, theta, dtype) -> tuple[int, int, int, int]:
+    """``make_regression``'s arguments checked: (n, d_in, d_out, seed) as ints, or ValueError."""
     n = check_int("n", n, 1)
     d_in = check_int("d_in", d_in, 1)
     d_out = check_int("d_out", d_out, 1)
+    seed = check_int("seed", seed, 0, 2**32 - 1)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point or dtype.is_complex:
         raise ValueError(
             f"dtype={dtype!r} is not allowed: expected a real floating-point torch.dtype "
             "(torch.float32, torch.float64, ...)"
         )
-    gen = _generator(seed)
-    if theta is None:
-        theta = torch.randn(d_in, d_out, generator=gen, dtype=dtype)
-    elif not isinstance(theta, torch.Tensor):
+    if theta is not None and not isinstance(theta, torch.Tensor):
         raise ValueError(f"theta={type(theta).__name__} is not allowed: expected a torch.Tensor or None")
-    elif tuple(theta.shape) != (d_in, d_out):
+    if theta is not None and tuple(theta.shape) != (d_in, d_out):
         raise ValueError(
             f"theta.shape={tuple(theta.shape)} is not allowed: expected (d_in, d_out) = ({d_in}, {d_out})"
         )
-    theta = theta.to(dtype)
-    X = torch.randn(n, d_in, generator=gen, dtype=dtype)
-    return X, X @ theta, theta
+    return n, d_in, d_out, seed
 
 
 def shift_theta(

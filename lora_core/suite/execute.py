@@ -301,7 +301,13 @@ def _kernel_options(kernel_name: str | None) -> dict[str, Any]:
     # once, no port scan, and no "running over TCP without encryption" warning per run.
     # The socket paths must be absolute: the kernel starts in another folder than ours.
     sockets = os.path.join(tempfile.gettempdir(), f"lora_core-kernel-{uuid.uuid4().hex[:12]}")
-    options: dict[str, Any] = {"config": Config({"KernelManager": {"transport": "ipc", "ip": sockets}})}
+    options: dict[str, Any] = {
+        "config": Config({"KernelManager": {"transport": "ipc", "ip": sockets}}),
+        # Once the last cell has finished, every file the notebook wrote is closed and
+        # every output received: a graceful shutdown would only wait (about 3 s of a
+        # config's wall time, benchmarks/README.md) for the kernel's interpreter to exit.
+        "shutdown_kernel": "immediate",
+    }
     if kernel_name is not None:
         return {**options, "kernel_name": kernel_name}
     try:

@@ -130,7 +130,7 @@ def _finished_record(
 
 @dataclass
 class SweepResult:
-    """What a sweep did: the summary table and the details of every failed config."""
+    """What a sweep did: the summary table and the details of every failed config (in grid order)."""
 
     summary: pd.DataFrame  # as load_sweep reads it: one row per config, in grid order
     output_dir: Path
@@ -397,6 +397,8 @@ def _run_locked(
 
     sweep["finished"] = _now()
     write_text_atomic(output_dir / SWEEP_FILE, json.dumps(sweep, indent=1))
+    # In grid order, as in summary.csv, whichever config a pool or cluster finished first.
+    failed.sort(key=lambda failure: names.index(failure["path"]))
     # The table read back from disk, so that it is exactly what load_sweep gives a notebook.
     result = SweepResult(load_sweep(output_dir), output_dir, failed)
     print(_summary_text(notebook, result))

@@ -2,6 +2,7 @@
 from the notebook, command-line text converted to their declared types, the kernel used."""
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -69,3 +70,28 @@ def test_kernel_spec_pointing_elsewhere_is_bypassed_for_this_interpreter(tmp_pat
 def test_execute_notebook_renders_html_next_to_the_executed_notebook(tmp_path):
     execute_notebook(NOTEBOOK, tmp_path / "run", {"x": 4})
     assert list((tmp_path / "run").glob("*.html"))
+
+
+def test_the_kernel_is_gone_and_its_files_complete_when_the_run_returns(tmp_path):
+    # The kernel is stopped at once after its last cell (no graceful exit to wait for):
+    # what the notebook wrote must be whole, and no kernel process may be left behind.
+    import nbformat
+
+    notebook = nbformat.v4.new_notebook()
+    parameters = nbformat.v4.new_code_cell('output_dir: str = "out"  # where metrics.json goes')
+    parameters.metadata["tags"] = ["parameters"]
+    write = nbformat.v4.new_code_cell(
+        "import json, os\n"
+        "from pathlib import Path\n"
+        "Path(output_dir, 'big.bin').write_bytes(bytes(range(256)) * 40_000)\n"
+        "metrics = {'kernel_pid': os.getpid()}\n"
+        "Path(output_dir, 'metrics.json').write_text(json.dumps({'metrics': metrics}))"
+    )
+    notebook.cells = [parameters, write]
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(notebook, tmp_path / "writes.ipynb")
+
+    record = execute_notebook(tmp_path / "writes.ipynb", tmp_path / "run", render_html=False)
+    assert (tmp_path / "run" / "big.bin").read_bytes() == bytes(range(256)) * 40_000
+    with pytest.raises(ProcessLookupError):
+        os.kill(record["metrics"]["kernel_pid"], 0)
