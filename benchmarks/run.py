@@ -760,7 +760,8 @@ def markdown(res: Results, env: dict, sc: Scale, command: str) -> str:
         + ", ".join(f"{p} {a:.1f} → {b:.1f}" for p, (a, b) in env["load_average_by_part"].items())
         + " (2 cores: above about 2, other processes were competing for them).",
         f"Sizes: n={sc.n}, d_in={sc.d_in}, d_out={sc.d_out}, batch {sc.batch_size}, {sc.epochs} epochs; "
-        f"{sc.rounds} interleaved rounds per whole-run part, {sc.step_rounds} × {sc.step_block} steps per step variant.",
+        f"{sc.rounds} interleaved rounds per whole-run part ({sc.sweep_rounds} for sweep, "
+        f"{sc.mainjob_rounds} for mainjob), {sc.step_rounds} × {sc.step_block} steps per step variant.",
         "",
     ]
     if res.checks:
