@@ -236,6 +236,11 @@ CASES = {
         [],
         {"n": 4, "d_in": 3, "d_out": 2, "theta": torch.ones(2, 3)},
     ),
+    "cached_regression": lambda t: (
+        lc.cached_regression,
+        [],
+        {"n": 4, "d_in": 3, "d_out": 2, "theta": torch.ones(2, 3), "cache_dir": t / "cache"},
+    ),
     "shift_theta": lambda t: (lc.shift_theta, [torch.zeros(3, 2)], {"kind": "ones", "rank": 2}),
     "compare_delta": lambda t: (lc.compare_delta, [torch.ones(3, 2), torch.ones(2, 3)], {}),
     "low_rank_error": lambda t: (lc.low_rank_error, [torch.ones(3, 2)], {"r": 3}),
