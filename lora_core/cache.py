@@ -228,11 +228,7 @@ def _load_data(
     try:
         if not path.is_file():
             return None
-        with safe_open(str(path), framework="pt") as fh:
-            tensors = {name: fh.get_tensor(name) for name in fh.keys()}
-            metadata = fh.metadata() or {}
-        if tensors_checksum(tensors) != metadata.get("checksum"):
-            raise ValueError("its tensors do not match the checksum stored with them")
+        tensors, _ = _read_checked(path)
         if {name: (tuple(t.shape), t.dtype) for name, t in tensors.items()} != {
             name: (shape, dtype) for name, shape in shapes.items()
         }:
@@ -292,18 +288,25 @@ def _write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str
             pass  # the folder is not there or not writable: no temporary file was left
 
 
+def _read_checked(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and metadata of the safetensors file at ``path``, once its tensors
+    match the checksum stored with them (a ValueError otherwise)."""
+    with safe_open(str(path), framework="pt") as fh:
+        tensors = {name: fh.get_tensor(name) for name in fh.keys()}
+        metadata = fh.metadata() or {}
+    if tensors_checksum(tensors) != metadata.get("checksum"):
+        raise ValueError("its tensors do not match the checksum stored with them")
+    return tensors, metadata
+
+
 def _load(path: Path) -> tuple[dict[str, torch.Tensor], History] | None:
     """The state dict and History stored at ``path``; None (with a warning) unless intact."""
     try:
         if not path.is_file():
             return None
-        with safe_open(str(path), framework="pt") as fh:
-            tensors = {name: fh.get_tensor(name) for name in fh.keys()}
-            metadata = fh.metadata() or {}
-        if "checksum" not in metadata or "history" not in metadata:
-            raise ValueError("no checksum or history in its metadata")
-        if tensors_checksum(tensors) != metadata["checksum"]:
-            raise ValueError("its tensors do not match the checksum stored with them")
+        tensors, metadata = _read_checked(path)
+        if "history" not in metadata:
+            raise ValueError("no history in its metadata")
         meta = json.loads(metadata["history"])
         state = {name[len("model.") :]: t for name, t in tensors.items() if name.startswith("model.")}
         frame = pd.DataFrame(
