@@ -24,6 +24,8 @@ from concurrent.futures import Executor
 from pathlib import Path
 
 _LOCAL = re.compile(r"local(?::(\d+))?")
+# Dask's default distributed.nanny.pre-spawn-environ, none of which a local cluster sets.
+_PRE_SPAWN = ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 @contextlib.contextmanager
@@ -48,7 +50,16 @@ def dask_executor(cluster: str) -> Iterator[Executor]:
             workers = int(local.group(1) or os.cpu_count() or 1)
             if workers < 1:
                 raise ValueError(f"--dask {cluster} is not allowed: expected local:N with N >= 1")
-            with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+            settings = {
+                "distributed.scheduler.allowed-failures": 0,
+                # Dask's nanny writes its pre-spawn variables into this process's own
+                # environment (and so into every kernel started from here later); the
+                # thread counts go to the workers through env= instead, and glibc's trim
+                # threshold nowhere (see sweep.KERNEL_ENV_DROPPED).
+                **{f"distributed.nanny.pre-spawn-environ.{name}": None for name in _PRE_SPAWN},
+            }
+            before = dict(os.environ)
+            with dask.config.set(settings):
                 local_cluster = LocalCluster(
                     n_workers=workers,
                     threads_per_worker=1,
@@ -56,8 +67,10 @@ def dask_executor(cluster: str) -> Iterator[Executor]:
                     dashboard_address=None,
                     silence_logs=logging.ERROR,
                     # Inherited by each run's kernel: the workers share the cores.
-                    env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
+                    env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"},
                 )
+            _restore_environment(before)
+            stack.callback(_restore_environment, before)
             stack.enter_context(local_cluster)
             client = Client(local_cluster)
         elif "://" in cluster:
@@ -71,3 +84,12 @@ def dask_executor(cluster: str) -> Iterator[Executor]:
             )
         stack.enter_context(client)
         yield client.get_executor()
+
+
+def _restore_environment(before: dict[str, str]) -> None:
+    """Undo what starting a local cluster wrote into this process's environment (the nanny
+    also sets PYTHONHASHSEED and its own pid there), so that a kernel started later from
+    this process, by a ``--jobs`` sweep in the same session, inherits the user's."""
+    for name in set(os.environ) - set(before):
+        del os.environ[name]
+    os.environ.update(before)

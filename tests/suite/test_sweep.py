@@ -424,6 +424,40 @@ def test_config_whose_worker_is_killed_is_retried_once_then_recorded(tmp_path, d
     assert list(again.summary["status"])[:2] == ["skipped", "skipped"]
 
 
+def test_kernels_on_a_local_cluster_get_one_thread_and_no_malloc_trim(finished, route):
+    folder, _ = finished
+    env = json.loads((folder / "x=1.0__repeats=1" / "metrics.json").read_text())["environment"]["env"]
+    if route:
+        # One thread per worker; Dask's trim threshold made every kernel train ~1.7x slower.
+        assert env == {"OMP_NUM_THREADS": "1", "MALLOC_TRIM_THRESHOLD_": None}
+    else:
+        assert env == {name: os.environ.get(name) for name in env}
+
+
+def test_starting_a_local_cluster_leaves_this_process_environment_as_it_was(monkeypatch):
+    pytest.importorskip("distributed")
+    from lora_core.suite.cluster import dask_executor
+
+    # What Dask's nanny would write here (cleared first: an earlier cluster may have leaked).
+    for name in ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "PYTHONHASHSEED"):
+        monkeypatch.delenv(name, raising=False)
+    before = dict(os.environ)
+    with dask_executor("local:1") as executor:
+        inside = dict(os.environ)
+        assert executor.submit(lambda: os.environ.get("OMP_NUM_THREADS")).result() == "1"
+    assert inside == before and dict(os.environ) == before
+
+
+def test_a_shipped_config_kernel_leaves_out_a_workers_malloc_trim(tmp_path, monkeypatch):
+    from lora_core.suite.sweep import run_shipped_config
+
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")  # as Dask's nanny sets it on a worker
+    outcome = run_shipped_config(NOTEBOOK.name, NOTEBOOK.read_text(), {"x": 2.0}, None, False, None)
+    record = json.loads(outcome["files"]["metrics.json"])
+    assert record["metrics"]["loss"] == 1.0
+    assert record["environment"]["env"]["MALLOC_TRIM_THRESHOLD_"] is None
+
+
 @pytest.mark.parametrize(
     "arguments, message",
     [
