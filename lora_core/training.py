@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from .fast.optim import fusable
 from .fast.steps import EVAL_CHUNK, fast_path
 from .validation import check_choice, check_float, check_int
 
@@ -139,7 +140,7 @@ def make_optimizer(name: str, params: list[torch.Tensor], lr: float) -> torch.op
     cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
     # The fused kernel updates every tensor in one pass; on a 2-core CPU it beat foreach
     # for the base weight and for a rank-1 adapter alike (benchmarks/README.md).
-    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    fused = fusable(params)
     return cls(params, lr=lr, fused=fused) if fused else cls(params, lr=lr, foreach=True)
 
 
@@ -313,11 +314,16 @@ def train(
     model.to(dev)
     X, y = X.to(dev), y.to(dev)
     params = [p for p in model.parameters() if p.requires_grad]  # .to() may have replaced them
-    opt = make_optimizer(settings["optimizer"], params, settings["lr"])
     # The same loss and updates, faster, where one applies (see fast.steps; MSE only); else None.
-    fast = fast_path(model, X, y, opt) if cache_frozen and loss == "mse" else None
+    fast = (
+        fast_path(model, X, y, settings["optimizer"], settings["lr"])
+        if cache_frozen and loss == "mse"
+        else None
+    )
     target, predict = (fast.target, fast.predict) if fast else (y, model)
     hand_step = fast.step if fast else None
+    # A hand-written step updates the parameters itself (fast.optim.lean_step).
+    opt = None if hand_step else make_optimizer(settings["optimizer"], params, settings["lr"])
 
     gen = torch.Generator().manual_seed(seed)
     n, steps = X.shape[0], X.shape[0] // settings["batch_size"]

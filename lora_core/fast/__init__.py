@@ -2,7 +2,7 @@
 
     steps   the frozen base's output cached and hand-written gradients, which ``train``
             picks by itself where they apply (``fast_path``)
-    optim   ``lean_step``: a fused Adam update without ``Optimizer.step``'s bookkeeping
+    optim   ``lean_step``: ``make_optimizer``'s update, for Adam with no optimizer object
     multi   ``train_many``: a whole sweep of adapters over one frozen base in one loop
 
 Each is checked against the plain autograd loop by ``tests/library/test_fastpaths.py``

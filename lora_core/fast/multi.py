@@ -295,7 +295,7 @@ def train_many(
 
     target = frozen_residual(base, X, y)  # as in `train`'s fast path
     stack = StackedAdapters(layers)
-    update = lean_step(training.make_optimizer(settings["optimizer"], stack.parameters(), settings["lr"]))
+    update = lean_step(settings["optimizer"], stack.parameters(), settings["lr"])
     recorders = [
         training.Recorder({**settings, **cfg, "seed": seed, "device": str(dev), "joint": len(configs)})
         for cfg in configs

@@ -10,7 +10,7 @@ runs. Each path gives the plain loop's results up to float rounding
 - Hand-written gradients for the two models the blog trains, a bare ``nn.Linear``
   (pre-training) and that cached ``LoRALinear``: the MSE gradient of a linear map is two
   matmuls, and writing it out skips autograd's per-step graph, which costs as much as a
-  LoRA step's arithmetic. Their Adam update goes through ``lean_step``.
+  LoRA step's arithmetic. Their optimiser update is ``lean_step``'s.
 """
 
 from __future__ import annotations
@@ -44,15 +44,23 @@ class FastPath:
 
 
 def fast_path(
-    model: nn.Module, X: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer
+    model: nn.Module, X: torch.Tensor, y: torch.Tensor, optimizer: str = "adam", lr: float = 1e-3
 ) -> FastPath | None:
-    """The fast path that applies to training ``model`` on (X, y), or None."""
+    """The fast path that applies to training ``model`` on (X, y), or None.
+
+    A hand-written ``step`` updates the trainable parameters as ``train``'s
+    ``make_optimizer(optimizer, ..., lr)`` would, through ``lean_step``.
+    """
+
+    def update() -> Callable[[], None]:
+        return lean_step(optimizer, [p for p in model.parameters() if p.requires_grad], lr)
+
     if cacheable(model):
         target = frozen_residual(model.base, X, y)
-        step = lora_step(model, opt) if _hand_written(model) else None
+        step = lora_step(model, update()) if _hand_written(model) else None
         return FastPath(target, model.lora_forward, step, frozen_cached=True)
     if type(model) is nn.Linear and all(p.requires_grad for p in model.parameters()):
-        return FastPath(y, model, linear_step(model, opt), frozen_cached=False)
+        return FastPath(y, model, linear_step(model, update()), frozen_cached=False)
     return None
 
 
@@ -76,14 +84,13 @@ def frozen_residual(base: nn.Module, X: torch.Tensor, y: torch.Tensor) -> torch.
         return y - torch.cat([base(X[i : i + EVAL_CHUNK]) for i in range(0, len(X), EVAL_CHUNK)])
 
 
-def linear_step(linear: nn.Linear, opt: torch.optim.Optimizer) -> Step:
+def linear_step(linear: nn.Linear, update: Callable[[], None]) -> Step:
     """Pre-training: y ≈ x·Wᵀ + b, so dW = gᵀ·x and db = Σ_rows g, with g = 2·diff / numel.
 
     The residual is formed transposed, (d_out × b): both matmuls, W·xᵀ and gᵀ·x, then
     give the BLAS d_out rows to share between threads, where x·Wᵀ gives it b.
     """
     W, bias = linear.weight, linear.bias
-    update = lean_step(opt)
 
     @torch.no_grad()
     def step(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -102,7 +109,7 @@ def linear_step(linear: nn.Linear, opt: torch.optim.Optimizer) -> Step:
     return step
 
 
-def lora_step(layer: LoRALinear, opt: torch.optim.Optimizer) -> Step:
+def lora_step(layer: LoRALinear, update: Callable[[], None]) -> Step:
     """The adapter on the cached residual t: prediction h·s·B with h = x·A (b, r).
 
     dB = s·hᵀg, dA = xᵀ·(g·Bᵀ)·s and, for a learnable scale, ds = Σ (hᵀg) ⊙ B. Every
@@ -110,7 +117,6 @@ def lora_step(layer: LoRALinear, opt: torch.optim.Optimizer) -> Step:
     """
     A, B, scale = layer.A, layer.B, layer.scale
     learnable = isinstance(scale, nn.Parameter) and scale.requires_grad
-    update = lean_step(opt)
 
     @torch.no_grad()
     def step(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
