@@ -46,6 +46,7 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
+import importlib
 import json
 import math
 import os
@@ -64,7 +65,7 @@ from torch.nn import functional as F
 
 import lora_core as lc
 from lora_core import make_optimizer
-from lora_core.fast import StackedAdapters, lora_step
+from lora_core.fast import StackedAdapters, lean_step, lora_step
 from lora_core.suite.reports import environment_info
 
 from . import peers
@@ -201,13 +202,6 @@ def curve_diff(a: dict, b: dict) -> float:
 # Part "step": one training step, every variant, same layer and batch
 
 
-class _NoStep:
-    """Stands in for the optimizer when only the gradients are wanted."""
-
-    def step(self):
-        pass
-
-
 def _lora_core_layer(base, A, B, alpha):
     layer = lc.LoRALinear(copy.deepcopy(base), r=A.shape[1], lora_alpha=alpha)
     with torch.no_grad():
@@ -239,7 +233,7 @@ def step_gradients(base, A, B, alpha, x, y) -> dict[str, tuple]:
     layer = _lora_core_layer(base, A, B, alpha)
     out["lora_core LoRALinear"] = _autograd_grads(layer, x, y, lambda: layer.A.grad, lambda: layer.B.grad)
     fast = _lora_core_layer(base, A, B, alpha)
-    loss = lora_step(fast, _NoStep())(x, residual)
+    loss = lora_step(fast, lambda: None)(x, residual)  # no update: only the gradients are wanted
     out["lora_core fast path"] = (loss, fast.A.grad, fast.B.grad)
     stack = StackedAdapters([_lora_core_layer(base, A, B, alpha)])
     loss = stack.set_grads(x, residual)
@@ -319,7 +313,9 @@ def part_step(res: Results, sc: Scale) -> None:
     variants["lora_core LoRALinear"] = module_step(layer, adam([layer.A, layer.B]))
     fast = _lora_core_layer(base, A, B, alpha)
     variants["lora_core fast path (cached base output)"] = blocked(
-        lora_step(fast, adam([fast.A, fast.B])), x, residual
+        lora_step(fast, lean_step("adam", [fast.A, fast.B], sc.lr)),
+        x,
+        residual,  # as train() does
     )
     seed = _seed_layer(base, A, B, alpha)
     variants["seed-style (ΔΘ materialised)"] = module_step(seed, torch.optim.Adam([seed.A, seed.B], lr=sc.lr))
@@ -911,6 +907,11 @@ def main(argv=None) -> int:
     res = Results()
     if args.part_record:  # a child of the run below: one part, its record to the parent
         res.cache_dir = args.base_cache or res.cache_dir
+        # The first torch.optim optimizer a process builds imports torch._dynamo (about 2 s).
+        # lora_core's loops build none and the seed-style code builds one per run: imported
+        # here, it is in no variant's time, whichever runs first.
+        importlib.import_module("torch._dynamo")
+
         before = os.getloadavg()[0]
         RUNNERS[parts[0]](res, sc)
         res.load[parts[0]] = [before, os.getloadavg()[0]]

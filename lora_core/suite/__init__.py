@@ -42,6 +42,7 @@ _NAMES = {
     "read_metrics": "reports",
     "render_html": "reports",
     "save_figure": "reports",
+    "show_figure": "reports",
     "write_json_atomic": "reports",
     "write_metrics": "reports",
     "band_frame": "seed_band",

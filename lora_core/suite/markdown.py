@@ -24,7 +24,7 @@ SKIPPED_TAGS = {"injected-parameters", "parameters"}
 # An absolute path: a "/" that starts a word (not in a URL, a ratio or "../x") with at
 # least one more "/" after it.
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~])/(?:[^\s/'\"`<>()\[\]]+/)+([^\s/'\"`<>()\[\],;]*)")
-_SAVED_FIGURE = re.compile(r"save_figure\([^)]*?f?[\"']([^\"']+?)(?:\.png)?[\"']\s*\)")
+_SAVED_FIGURE = re.compile(r"(?:save|show)_figure\([^)]*?f?[\"']([^\"']+?)(?:\.png)?[\"']\s*\)")
 
 
 def _scrub(text: str, known: dict[str, str]) -> str:

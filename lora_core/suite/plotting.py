@@ -1,10 +1,11 @@
 """Figures for the notebooks: loss curves, ΔΘ heatmaps, singular values, sweep results.
 
-Every function returns a matplotlib ``Figure`` and never calls ``show()``: the notebook
-displays it (as a cell's last expression, or with ``display(fig)``) and
-``reports.save_figure`` writes it to disk. Figures are released from pyplot as soon as
-they are made (see ``_new_figure``), so Jupyter shows each once, where the notebook asks
-for it, and a sweep drawing hundreds does not keep them all open. The backend is
+Every function returns a matplotlib ``Figure`` and never calls ``show()``: the notebooks
+hand it to ``reports.show_figure``, which writes it to disk and shows the saved file (a
+cell's last expression, or ``display(...)`` in a loop); ``reports.save_figure`` only
+writes. Figures are released from pyplot as soon as they are made (see ``_new_figure``),
+so Jupyter shows each once, where the notebook asks for it, and a sweep drawing hundreds
+does not keep them all open. The backend is
 whatever matplotlib picks (inline in Jupyter); nothing here chooses one.
 
 The figures are teaching material, so their scales are honest: signed matrices (ΔΘ and

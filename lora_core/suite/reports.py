@@ -305,6 +305,20 @@ def save_figure(fig: Any, output_dir: str | os.PathLike, name: str) -> Path:
     return path
 
 
+def show_figure(fig: Any, output_dir: str | os.PathLike, name: str) -> Any:
+    """``save_figure``, then the saved PNG itself as the cell's output.
+
+    A notebook that saves a figure and then shows ``fig`` renders it twice (a second or
+    more for a ΔΘ heatmap); this renders it once, and the reader sees exactly the file.
+    It is shown at the size the inline backend would show the figure.
+    """
+    from IPython.display import Image
+
+    data = save_figure(fig, output_dir, name).read_bytes()
+    width = int.from_bytes(data[16:20], "big")  # a PNG's width: the first field of its IHDR chunk
+    return Image(data=data, format="png", width=round(width * fig.dpi / FIGURE_DPI))
+
+
 def render_html(notebook_path: str | os.PathLike, html_path: str | os.PathLike | None = None) -> Path:
     """Render an executed notebook as one self-contained HTML file; returns its path.
 

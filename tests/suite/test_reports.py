@@ -139,6 +139,19 @@ def test_save_figure_writes_a_png_and_refuses_folder_names(tmp_path):
         reports.save_figure(fig, tmp_path, "../elsewhere")
 
 
+def test_show_figure_saves_once_and_shows_the_file_at_the_inline_size(tmp_path):
+    fig = Figure(figsize=(4, 3), dpi=100)
+    fig.add_subplot().plot([0, 1], [1, 0])
+    image = reports.show_figure(fig, tmp_path, "curve")
+    saved = (tmp_path / "curve.png").read_bytes()
+    assert image.data == saved  # the output is the file, not a second rendering
+    pixels = int.from_bytes(saved[16:20], "big")
+    assert pixels > 400 and image.width == round(
+        pixels * 100 / reports.FIGURE_DPI
+    )  # 4 in at 100 dpi, cropped
+    assert image._repr_png_() is not None
+
+
 def test_render_html_is_one_file_with_every_image_embedded(tmp_path):
     fig = Figure(figsize=(1, 1))
     fig.add_subplot().plot([0, 1])

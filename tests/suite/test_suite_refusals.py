@@ -42,6 +42,7 @@ CASES = {
     "read_parameters": lambda t: (suite.read_parameters, [namespace_with_bad_value(t)], {}),
     "parse_list": lambda t: (suite.parse_list, ["ranks", "1, 1"], {}),
     "save_figure": lambda t: (suite.save_figure, [None, t, "../escape"], {}),
+    "show_figure": lambda t: (suite.show_figure, [None, t, "../escape"], {}),
     "execute_notebook": lambda t: (suite.execute_notebook, [QUADRATIC, t / "out", {"nope": 1}], {}),
     "run_sweep": lambda t: (suite.run_sweep, [QUADRATIC, {"x": [1, 1]}, {}, t / "sweep"], {}),
     "plot_metric_vs": lambda t: (
