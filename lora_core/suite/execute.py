@@ -12,14 +12,18 @@ that fails raises ``NotebookRunError`` naming the error and the cell to open and
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
+import multiprocessing
 import numbers
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import uuid
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -236,6 +240,45 @@ def execute_notebook(
             metrics_path.replace(output_dir / "metrics.incomplete.json")
             raise NotebookRunError(str(executed), "HTMLRenderError", f"{type(err).__name__}: {err}") from err
     return record
+
+
+def worker_pool(workers: int, threads: int | None = None) -> ProcessPoolExecutor:
+    """A pool of ``workers`` processes that run notebooks, for the sweep and the main job.
+
+    Its processes ignore Ctrl-C, so that only the process that owns the pool answers it
+    (and stops them with ``terminate_pool``), and the kernels they start get ``threads``
+    torch threads each (default: their share of the cores) unless the user set
+    OMP_NUM_THREADS or MKL_NUM_THREADS. They are spawned, not forked: forking a process
+    that holds kernel clients and progress-bar threads (or a Jupyter kernel, when a sweep
+    is started from a notebook) is unsafe.
+    """
+    threads = max(1, (os.cpu_count() or 1) // workers) if threads is None else threads
+    return ProcessPoolExecutor(
+        workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_pool_process,
+        initargs=(threads,),
+    )
+
+
+def _pool_process(threads: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(variable, str(threads))
+
+
+def terminate_pool(pool: ProcessPoolExecutor) -> None:
+    """Stop a ``worker_pool``'s processes now, rather than wait for their runs to end.
+
+    A process's kernel notices its parent is gone and exits (ipykernel's parent poller).
+    """
+    # terminate_workers() arrived in Python 3.14; before it, the pool's process table.
+    if hasattr(pool, "terminate_workers"):
+        pool.terminate_workers()
+        return
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        with contextlib.suppress(Exception):
+            process.terminate()
 
 
 def _run_error(executed: Path, err: Exception, timeout: float | None) -> NotebookRunError:

@@ -28,15 +28,21 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
-from multiprocessing import get_context
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from ..validation import check_int
-from .execute import NotebookRunError, check_parameters, execute_notebook, notebook_parameters
+from .execute import (
+    NotebookRunError,
+    check_parameters,
+    execute_notebook,
+    notebook_parameters,
+    terminate_pool,
+    worker_pool,
+)
 from .regression import check_metrics
 from .reports import BASELINES_DIR, build_index, write_json_atomic
-from .sweep import _pool_worker, _terminate_workers, parse_assignment, run_sweep
+from .sweep import parse_assignment, run_sweep
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = ("01_rank1_recovery", "02_rank_sweep", "03_alpha_sweep", "04_sweep_report", "05_transformer")
@@ -157,11 +163,7 @@ def reproduce(
     jobs = check_int("jobs", jobs, low=1)
     needs = plan_runs(only)
     failures, drifts, record = [], [], {"jobs": jobs, "runs": {}}
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    # spawn, not fork: as for the sweep's own pool (see sweep._outcomes).
-    pool = ProcessPoolExecutor(
-        jobs, mp_context=get_context("spawn"), initializer=_pool_worker, initargs=(threads,)
-    )
+    pool = worker_pool(jobs)
     sweep_thread = ThreadPoolExecutor(1)  # the sweep waits on the pool for its configs
     progress = jobs == 1  # one cell-progress bar at a time, or none
     started, begin = {}, time.perf_counter()
@@ -226,7 +228,7 @@ def reproduce(
         run_plan(needs, start, finish)
     except KeyboardInterrupt:
         print("\nInterrupted: the runs in progress are stopped; finished ones are kept.", flush=True)
-        _terminate_workers(pool)
+        terminate_pool(pool)
         return 130
     finally:
         sweep_thread.shutdown(wait=False, cancel_futures=True)

@@ -40,10 +40,8 @@ import fcntl
 import hashlib
 import json
 import math
-import multiprocessing
 import os
 import re
-import signal
 import socket
 import sys
 import tempfile
@@ -51,7 +49,7 @@ import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Executor, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Executor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,7 +67,10 @@ from .execute import (
     execute_notebook,
     existing_notebook,
     notebook_parameters,
+    terminate_pool,
+    worker_pool,
 )
+from .notebook import UNRECORDED
 from .reports import METRICS_FILE, SUMMARY_FILE, SWEEP_FILE, build_index, write_text_atomic
 
 STATUS_COLUMNS = ["status", "error", "failed_cell", "seconds", "path"]
@@ -121,7 +122,12 @@ def _finished_record(
     except (OSError, ValueError):
         return None
     recorded = record.get("parameters", {}) if isinstance(record, dict) else {}
-    same = all(name in recorded and recorded[name] == value for name, value in parameters.items())
+    # A parameter that is never recorded (progress) changes what a person sees, not the run.
+    same = all(
+        name in recorded and recorded[name] == value
+        for name, value in parameters.items()
+        if name not in UNRECORDED
+    )
     return record if same and isinstance(record.get("metrics"), dict) else None
 
 
@@ -451,14 +457,7 @@ def _outcomes(
     own_pool = executor is None
     if own_pool:
         workers = min(jobs, max(len(tasks), 1))
-        # spawn, not fork: forking a process that holds kernel clients and progress-bar
-        # threads (or a Jupyter kernel, when a sweep is started from a notebook) is unsafe.
-        executor = ProcessPoolExecutor(
-            max_workers=workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_pool_worker,
-            initargs=(max(1, (os.cpu_count() or 1) // workers),),
-        )
+        executor = worker_pool(workers)
 
     # No config waits on a worker, only in our queue: a pool queues a few configs ahead
     # and a queued config cannot be cancelled (Ctrl-C would wait for it), and Dask counts
@@ -501,7 +500,7 @@ def _outcomes(
             future.cancel()
         if own_pool:
             if running:  # interrupted: stop the configs that run, rather than wait for them
-                _terminate_workers(executor)
+                terminate_pool(executor)
             executor.shutdown(wait=not running, cancel_futures=True)
 
 
@@ -516,25 +515,6 @@ def _lost(err: Exception, attempts: int) -> dict[str, Any]:
         "evalue": f"{err} ({why})",
         "seconds": math.nan,
     }
-
-
-def _pool_worker(threads: int) -> None:
-    """A pool process: the sweep's own process alone answers Ctrl-C, and the kernels it
-    starts use their share of the cores (unless the user set the thread counts)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(variable, str(threads))
-
-
-def _terminate_workers(pool: ProcessPoolExecutor) -> None:
-    # A worker's kernel notices its parent is gone and exits (ipykernel's parent poller).
-    # terminate_workers() arrived in Python 3.14; before it, the pool's process table.
-    if hasattr(pool, "terminate_workers"):
-        pool.terminate_workers()
-        return
-    for process in list((getattr(pool, "_processes", None) or {}).values()):
-        with contextlib.suppress(Exception):
-            process.terminate()
 
 
 def _row(config: Mapping[str, Any], name: str, outcome: Mapping[str, Any]) -> dict[str, Any]:

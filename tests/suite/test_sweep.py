@@ -177,6 +177,12 @@ def test_changed_fixed_parameter_reruns_the_configs(finished, tmp_path, route):
     assert list(result.summary["label"])[0] == "relabelled"
 
 
+def test_an_unrecorded_parameter_does_not_stop_a_finished_config_being_skipped(tmp_path):
+    first = sweep(tmp_path / "quiet", {"x": [1]}, {"progress": False})
+    again = sweep(tmp_path / "quiet", {"x": [1]}, {"progress": False})
+    assert list(first.summary["status"]) == ["ok"] and list(again.summary["status"]) == ["skipped"]
+
+
 def test_sweep_with_another_grid_keeps_the_earlier_configs(finished, tmp_path, route):
     folder = copy_of(finished, tmp_path)
     result = sweep(folder, {"x": [5, 1]}, {"label": "new"}, **route)
