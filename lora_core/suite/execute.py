@@ -242,17 +242,17 @@ def execute_notebook(
     return record
 
 
-def worker_pool(workers: int, threads: int | None = None) -> ProcessPoolExecutor:
+def worker_pool(workers: int) -> ProcessPoolExecutor:
     """A pool of ``workers`` processes that run notebooks, for the sweep and the main job.
 
     Its processes ignore Ctrl-C, so that only the process that owns the pool answers it
-    (and stops them with ``terminate_pool``), and the kernels they start get ``threads``
-    torch threads each (default: their share of the cores) unless the user set
-    OMP_NUM_THREADS or MKL_NUM_THREADS. They are spawned, not forked: forking a process
-    that holds kernel clients and progress-bar threads (or a Jupyter kernel, when a sweep
-    is started from a notebook) is unsafe.
+    (and stops them with ``terminate_pool``), and the kernels they start get their share
+    of the cores as torch threads, unless the user set OMP_NUM_THREADS or MKL_NUM_THREADS.
+    They are spawned, not forked: forking a process that holds kernel clients and
+    progress-bar threads (or a Jupyter kernel, when a sweep is started from a notebook)
+    is unsafe.
     """
-    threads = max(1, (os.cpu_count() or 1) // workers) if threads is None else threads
+    threads = max(1, (os.cpu_count() or 1) // workers)
     return ProcessPoolExecutor(
         workers,
         mp_context=multiprocessing.get_context("spawn"),
