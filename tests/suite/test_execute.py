@@ -15,7 +15,16 @@ NOTEBOOK = Path(__file__).parents[1] / "data" / "quadratic.ipynb"
 
 def test_notebook_parameters_reads_types_defaults_and_help():
     declared = notebook_parameters(NOTEBOOK)
-    assert list(declared) == ["x", "repeats", "label", "verbose", "fail_when", "mode", "output_dir"]
+    assert list(declared) == [
+        "x",
+        "repeats",
+        "label",
+        "verbose",
+        "fail_when",
+        "mode",
+        "progress",
+        "output_dir",
+    ]
     assert declared["repeats"] == {
         "type": "int",
         "default": 1,
