@@ -14,6 +14,7 @@ therefore equals training it alone with ``train`` and the same seed, up to float
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,25 +76,39 @@ class StackedAdapters:
     def __init__(self, layers: list[LoRALinear]):
         self.count = len(layers)
         order = sorted(range(self.count), key=lambda i: layers[i].r)  # stable: grouped by rank
-        self.groups, self.cols, start = [], [None] * self.count, 0
+        self.groups, self.cols, start, at = [], [None] * self.count, 0, 0
         for r in sorted({layer.r for layer in layers}):
             members = [i for i in order if layers[i].r == r]
-            self.groups.append((r, len(members), slice(start, start + r * len(members))))
+            K = len(members)
+            # (r, K, its columns of A / rows of B, its entries in the flat r × r blocks)
+            self.groups.append((r, K, slice(start, start + r * K), slice(at, at + K * r * r)))
             for i in members:
                 self.cols[i] = slice(start, start + r)
                 start += r
+            at += K * r * r
         dev = layers[0].A.device
         self.order = torch.tensor(order, device=dev)  # configs as they lie in the stack
         self.owner = torch.tensor([i for i in order for _ in range(layers[i].r)], device=dev)
-        # The config of each entry of the configs' r × r blocks, laid out flat in group order.
+        # The config of each entry of the configs' r × r blocks, laid out flat in group order,
+        # and where each entry sits in the (Σr × Σr) block-diagonal matrix.
         self.block_owner = torch.tensor([i for i in order for _ in range(layers[i].r ** 2)], device=dev)
+        width = start
+        self.block_pos = torch.tensor(
+            [
+                (self.cols[i].start + row) * width + self.cols[i].start + col
+                for i in order
+                for row in range(layers[i].r)
+                for col in range(layers[i].r)
+            ],
+            device=dev,
+        )
         self.A = nn.Parameter(torch.cat([layers[i].A.detach() for i in order], dim=1))
         self.B = nn.Parameter(torch.cat([layers[i].B.detach() for i in order], dim=0))
         self.learnable = torch.tensor([layer.scaling == "learnable" for layer in layers], device=dev)
         self.fixed_scale = torch.stack([layer.scale.detach() for layer in layers])
         self.scale = nn.Parameter(self.fixed_scale.clone()) if self.learnable.any() else None
-        self._buffers: dict[str, torch.Tensor] = {}
-        self._forms: dict[str, torch.Tensor] = {}
+        self._work: dict | None = None  # the step's working tensors, see _workspace
+        self._forms: dict = {}
 
     def parameters(self) -> list[nn.Parameter]:
         return [self.A, self.B] + ([self.scale] if self.scale is not None else [])
@@ -108,96 +123,116 @@ class StackedAdapters:
     def _per_config(self, values: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
         return torch.zeros(self.count, dtype=values.dtype, device=values.device).index_add_(0, owner, values)
 
-    def _buffer(self, name: str, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
-        """The step's working tensor ``name``, made once (again only if its shape changes)."""
-        buf = self._buffers.get(name)
-        if buf is None or buf.shape != shape or buf.dtype != dtype:
-            buf = self._buffers[name] = torch.zeros(shape, dtype=dtype, device=self.A.device)
-        return buf
+    def _workspace(self, b: int, d: int, dtype: torch.dtype) -> dict:
+        """The step's working tensors for minibatches of b rows and d outputs, made once
+        (again only if the shape changes), with the views each rank group works on.
 
-    def _gram_blocks(self, H: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """Every config's hᵀh (r × r) for its columns h of H, flat in group order, into ``out``.
+        A step then allocates nothing large and slices nothing: each fresh (Σr, d_out)
+        float64 temporary would be a fresh allocation, which page faults as often as not,
+        and each view costs as much Python as a small op."""
+        key = (b, d, dtype)
+        if self._work is not None and self._work["key"] == key:
+            return self._work
+        R, blocks, f64 = self.A.shape[1], self.block_owner.shape[0], torch.float64
+
+        def new(*shape, dt=f64):  # zeros: the block-diagonal M relies on its off-block zeros
+            return torch.zeros(shape, dtype=dt, device=self.A.device)
+
+        w = dict(key=key, Ht=new(R, b, dt=dtype), Ht64=new(R, b), t64=new(b, d), G=new(R, d), B64=new(R, d))
+        w.update(Q=new(blocks), BBt=new(blocks), sQ=new(blocks), QBB=new(blocks), GB=new(R, d))
+        w.update(dB=new(R, d, dt=dtype), sBBt=new(blocks, dt=dtype), M=new(R, R, dt=dtype))
+        w.update(gHt=new(R, b, dt=dtype), dA=new(*self.A.shape, dt=dtype))
+        w["groups"] = []
+        for r, K, cols, at in self.groups:
+            h, B = w["Ht64"][cols].view(K, r, b), w["B64"][cols].view(K, r, d)
+            w["groups"].append(
+                dict(
+                    h=h,
+                    hT=h.transpose(1, 2),
+                    B=B,
+                    BT=B.transpose(1, 2),
+                    Q=w["Q"][at].view(K, r, r),
+                    BBt=w["BBt"][at].view(K, r, r),
+                    sQ=w["sQ"][at].view(K, r, r),
+                    G=w["G"][cols].view(K, r, d),
+                )
+            )
+        w["Mflat"], w["MT"] = w["M"].view(-1), w["M"].T
+        self._work = w
+        return w
+
+    def _grams(self, rows: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Every config's Gram matrix of its rows of ``rows`` (Σr, m): for Hᵀ its hᵀh, for B
+        its B·Bᵀ, each r × r, flat in group order, into ``out``.
 
         Only these blocks are used, so only they are formed: one small bmm per rank group
         rather than the whole (Σr, Σr) product."""
-        at = 0
-        for r, K, cols in self.groups:
-            Hg = H[:, cols].view(-1, K, r).permute(1, 2, 0)  # (K, r, b)
-            torch.bmm(Hg, Hg.transpose(1, 2), out=out[at : at + K * r * r].view(K, r, r))
-            at += K * r * r
+        m = rows.shape[1]
+        for r, K, cols, blocks in self.groups:
+            Rg = rows[cols].view(K, r, m)
+            torch.bmm(Rg, Rg.transpose(1, 2), out=out[blocks].view(K, r, r))
         return out
 
-    def _scale_forms(self) -> dict[str, torch.Tensor]:
-        """The scales in the shapes the step uses them: per config, per column of A, per
-        entry of the r × r blocks, per config in stack order. Made once, unless a scale is
-        learned."""
-        if self.scale is None and self._forms:
+    def _scale_forms(self, c: float) -> dict[str, torch.Tensor]:
+        """The scales in the shapes the step uses them: per config, per entry of the r × r
+        blocks, and per row of B times the gradient's factor c. Made once per c, unless a
+        scale is learned."""
+        if self.scale is None and self._forms.get("c") == c:
             return self._forms
         s = self.scales()
         s64 = s.double()
         forms = {
+            "c": c,
             "config64": s64,
-            "column64": s64[self.owner].unsqueeze(1),
             "block64": s64[self.block_owner],
-            "column": s[self.owner],
-            "stacked": s[self.order].view(-1, 1, 1),
+            "row64": s64[self.owner].unsqueeze(1) * c,
+            "row": s[self.owner].unsqueeze(1) * c,
         }
         if self.scale is None:
             self._forms = forms
         return forms
 
-    def _scaled_QB(self, Q: torch.Tensor, B64: torch.Tensor, s_block: torch.Tensor, out: torch.Tensor):
-        """s·Q·B for every config, its r × r block Q (flat, as ``_gram_blocks`` lays them
-        out; ``s_block`` its scale per entry) times its rows of B, into ``out``."""
-        sQ = Q * s_block
-        at = 0
-        for r, K, cols in self.groups:
-            torch.bmm(
-                sQ[at : at + K * r * r].view(K, r, r), B64[cols].view(K, r, -1), out=out[cols].view(K, r, -1)
-            )
-            at += K * r * r
-        return out
-
-    def _loss_terms(self, sQB: torch.Tensor, P: torch.Tensor, B64: torch.Tensor):
-        """Each config's s·⟨Q·B, B⟩ and ⟨P, B⟩ (count,), float64."""
-        return (
-            self._per_config(torch.linalg.vecdot(sQB, B64), self.owner),
-            self._per_config(torch.linalg.vecdot(P, B64), self.owner),
-        )
-
     @torch.no_grad()
     def set_grads(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Write every config's gradients for the minibatch (x, t) into A, B (and the
         scale); return each config's minibatch MSE (count,), in float64."""
-        b, R, f64 = x.shape[0], self.A.shape[1], torch.float64
-        H = torch.mm(x, self.A, out=self._buffer("H", (b, R), x.dtype))  # one product for every config
-        H64 = self._buffer("H64", (b, R), f64).copy_(H)
-        t64 = self._buffer("t64", tuple(t.shape), f64).copy_(t)
-        P = torch.mm(H64.T, t64, out=self._buffer("P", (R, t.shape[1]), f64))
-        Q = self._gram_blocks(H64, out=self._buffer("Q", tuple(self.block_owner.shape), f64))
-        B64 = self._buffer("B64", tuple(self.B.shape), f64).copy_(self.B)
+        w = self._workspace(x.shape[0], t.shape[1], x.dtype)
         c = 2.0 / t.numel()
-        s = self._scale_forms()
-        G = self._scaled_QB(Q, B64, s["block64"], out=self._buffer("G", tuple(P.shape), f64))
-        sQBB, PB = self._loss_terms(G, P, B64)
-        G.sub_(P)  # G = s·Q·B − P
+        s = self._scale_forms(c)
+        # Every config's h = x·A at once, kept as hᵀ rows (Σr, b): each config's rows are a
+        # contiguous (r, b) block, and the products below are faster in this orientation.
+        Ht = torch.mm(self.A.T, x.T, out=w["Ht"])
+        w["Ht64"].copy_(Ht)
+        t64 = w["t64"].copy_(t)
+        G = torch.mm(w["Ht64"], t64, out=w["G"])  # P = Hᵀt, turned into G below
+        B64 = w["B64"].copy_(self.B)
+        for g in w["groups"]:
+            torch.bmm(g["h"], g["hT"], out=g["Q"])  # hᵀh
+            torch.bmm(g["B"], g["BT"], out=g["BBt"])
+        sQ = torch.mul(w["Q"], s["block64"], out=w["sQ"])
+        for g in w["groups"]:
+            g["G"].baddbmm_(g["sQ"], g["B"], beta=-1)  # G = s·Q·B − P
+        # s·⟨Q·B, B⟩ = s·⟨Q, B·Bᵀ⟩: from the r × r blocks, not the (Σr, d_out) rows.
+        sQBB = self._per_config(torch.mul(sQ, w["BBt"], out=w["QBB"]), self.block_owner)
+        GB = self._per_config(torch.mul(G, B64, out=w["GB"]).sum(1), self.owner)  # ⟨G, B⟩
         if self.scale is not None:
-            self.scale.grad = torch.where(self.learnable, (sQBB - PB).mul_(c), 0.0).to(self.scale.dtype)
-        self.B.grad = self._buffer("dB", tuple(self.B.shape), self.B.dtype).copy_(G.mul_(s["column64"] * c))
+            self.scale.grad = torch.where(self.learnable, GB * c, 0.0).to(self.scale.dtype)
+        self.B.grad = w["dB"].copy_(G.mul_(s["row64"]))  # c·s·G
+        # ‖diff‖² − ‖t‖² = s²⟨Q·B, B⟩ − 2s⟨P, B⟩ = s·(2⟨G, B⟩ − s⟨Q·B, B⟩)
+        losses = GB.mul_(2).sub_(sQBB).mul_(s["config64"])
+        losses.add_(torch.dot(t64.view(-1), t64.view(-1))).div_(t.numel())
 
-        # dloss/dH = c·s·(h·(s·B·Bᵀ) − t·Bᵀ): the product with t as one matmul for every
-        # config, the small r × r blocks added per rank group (a config's NaN stays its own).
-        gH = torch.mm(t, self.B.T, out=self._buffer("gH", (b, R), x.dtype)).neg_()
-        first = 0
-        for r, K, cols in self.groups:
-            Bg = self.B[cols].view(K, r, -1)
-            sBBt = torch.bmm(Bg, Bg.transpose(1, 2)).mul_(s["stacked"][first : first + K])
-            gH[:, cols].view(b, K, r).transpose(0, 1).baddbmm_(H[:, cols].view(b, K, r).transpose(0, 1), sBBt)
-            first += K
-        gH.mul_(s["column"] * c)
-        self.A.grad = torch.mm(x.T, gH, out=self._buffer("dA", tuple(self.A.shape), self.A.dtype))
-        extra = (sQBB - 2 * PB).mul_(s["config64"])  # ‖diff‖² − ‖t‖²
-        return extra.add_(torch.dot(t64.view(-1), t64.view(-1))).div_(t.numel())
+        # dloss/dH = c·s·(h·(s·B·Bᵀ) − t·Bᵀ): both products as one matmul for every
+        # config, the first through the block-diagonal matrix of the configs' s·B·Bᵀ.
+        w["Mflat"].index_copy_(0, self.block_pos, w["sBBt"].copy_(w["BBt"].mul_(s["block64"])))
+        if not math.isfinite(losses.sum().item()):
+            # A diverged config's non-finite h would reach every column through M's zeros;
+            # zeroed here, it stays in its own columns (which its B makes non-finite anyway).
+            Ht = torch.nan_to_num(Ht, nan=0.0, posinf=0.0, neginf=0.0)
+        gHt = torch.mm(self.B, t.T, out=w["gHt"])  # (t·Bᵀ)ᵀ
+        gHt.addmm_(w["MT"], Ht, beta=-1).mul_(s["row"])  # c·s·(h·M − t·Bᵀ)ᵀ
+        self.A.grad = torch.mm(x.T, gHt.T, out=w["dA"])
+        return losses
 
     @torch.no_grad()
     def full_losses(self, X: torch.Tensor, target: torch.Tensor) -> np.ndarray:
@@ -208,15 +243,15 @@ class StackedAdapters:
         block = torch.empty_like(HtH)
         RtR = torch.zeros((), **f64)
         for start in range(0, X.shape[0], EVAL_CHUNK):
-            H = (X[start : start + EVAL_CHUNK] @ self.A).double()
+            Ht = (X[start : start + EVAL_CHUNK] @ self.A).double().T
             R = target[start : start + EVAL_CHUNK].double()
-            HtR += H.T @ R
-            HtH += self._gram_blocks(H, out=block)
+            HtR += Ht @ R
+            HtH += self._grams(Ht, out=block)
             RtR += R.square().sum()
         B64 = self.B.double()
         s64 = self.scales().double()
-        sQ = self._scaled_QB(HtH, B64, s64[self.block_owner], torch.empty_like(HtR))
-        sQBB, PB = self._loss_terms(sQ, HtR, B64)
+        sQBB = self._per_config(HtH * self._grams(B64, out=block) * s64[self.block_owner], self.block_owner)
+        PB = self._per_config((HtR * B64).sum(1), self.owner)
         extra = (sQBB - 2 * PB).mul_(s64)
         return ((extra + RtR) / target.numel()).cpu().numpy()
 
@@ -303,11 +338,16 @@ def train_many(
     gen = torch.Generator().manual_seed(seed)
     n, steps = X.shape[0], X.shape[0] // settings["batch_size"]
     running = np.ones(len(configs), dtype=bool)
+    x_buf = X.new_empty(settings["batch_size"], X.shape[1])
+    t_buf = target.new_empty(settings["batch_size"], target.shape[1])
     for epoch in tqdm(range(1, settings["epochs"] + 1), desc="epochs", disable=not progress, leave=False):
         idx = training.batch_indices(n, steps, settings["batch_size"], settings["sampling"], gen).to(dev)
         epoch_losses = torch.zeros(len(configs), dtype=torch.float64, device=dev)
         for rows in idx:
-            epoch_losses += stack.set_grads(X.index_select(0, rows), target.index_select(0, rows))
+            # Gathered into the same two buffers every step: a fresh 0.5 MB minibatch per
+            # step is a fresh allocation, which page faults as often as not.
+            x = torch.index_select(X, 0, rows, out=x_buf)
+            epoch_losses += stack.set_grads(x, torch.index_select(target, 0, rows, out=t_buf))
             update()
         train_losses = epoch_losses.cpu().numpy() / steps
         evaluate = epoch % settings["eval_every"] == 0 or epoch == settings["epochs"]
