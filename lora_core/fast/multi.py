@@ -107,6 +107,9 @@ class StackedAdapters:
         self.learnable = torch.tensor([layer.scaling == "learnable" for layer in layers], device=dev)
         self.fixed_scale = torch.stack([layer.scale.detach() for layer in layers])
         self.scale = nn.Parameter(self.fixed_scale.clone()) if self.learnable.any() else None
+        # The config whose residual the step subtracts before its float32 Hᵀt (see
+        # _set_grads); None: Hᵀt in float64. Each step picks the best fit for the next.
+        self.reference: int | None = None
         self._work: dict | None = None  # the step's working tensors, see _workspace
         self._forms: dict = {}
 
@@ -142,6 +145,7 @@ class StackedAdapters:
         w.update(Q=new(blocks), BBt=new(blocks), sQ=new(blocks), QBB=new(blocks), GB=new(R, d))
         w.update(dB=new(R, d, dt=dtype), sBBt=new(blocks, dt=dtype), M=new(R, R, dt=dtype))
         w.update(gHt=new(R, b, dt=dtype), dA=new(*self.A.shape, dt=dtype))
+        w.update(tr=new(b, d, dt=dtype), P32=new(R, d, dt=dtype), C={r: new(R, r) for r, *_ in self.groups})
         w["groups"] = []
         for r, K, cols, at in self.groups:
             h, B = w["Ht64"][cols].view(K, r, b), w["B64"][cols].view(K, r, d)
@@ -196,16 +200,35 @@ class StackedAdapters:
     def set_grads(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Write every config's gradients for the minibatch (x, t) into A, B (and the
         scale); return each config's minibatch MSE (count,), in float64."""
+        losses = self._set_grads(x, t, self.reference)
+        if self.reference is not None and not math.isfinite(losses[self.reference].item()):
+            # The reference diverged on this step: its residual would spoil every config.
+            losses = self._set_grads(x, t, None)
+        # The next step's reference: the config that fits best.
+        best = int(torch.nan_to_num(losses, nan=math.inf).argmin())
+        self.reference = best if math.isfinite(losses[best].item()) else None
+        return losses
+
+    def _set_grads(self, x: torch.Tensor, t: torch.Tensor, rho: int | None) -> torch.Tensor:
         w = self._workspace(x.shape[0], t.shape[1], x.dtype)
         c = 2.0 / t.numel()
         s = self._scale_forms(c)
         # Every config's h = x·A at once, kept as hᵀ rows (Σr, b): each config's rows are a
         # contiguous (r, b) block, and the products below are faster in this orientation.
         Ht = torch.mm(self.A.T, x.T, out=w["Ht"])
-        w["Ht64"].copy_(Ht)
-        t64 = w["t64"].copy_(t)
-        G = torch.mm(w["Ht64"], t64, out=w["G"])  # P = Hᵀt, turned into G below
+        Ht64 = w["Ht64"].copy_(Ht)
         B64 = w["B64"].copy_(self.B)
+        if rho is None:
+            G = torch.mm(Ht64, w["t64"].copy_(t), out=w["G"])  # P = Hᵀt, turned into G below
+        else:
+            # P = Hᵀt = Hᵀt' + s_ρ·Hᵀh_ρ·B_ρ, with t' = t − s_ρ·h_ρ·B_ρ the residual of the
+            # reference config ρ. Once ρ fits, t' is small, and its float32 product is as
+            # precise as the direct float32 form; only the thin Hᵀh_ρ is formed in float64.
+            rows, s_rho = self.cols[rho], s["config64"][rho].item()
+            tr = torch.addmm(t, Ht[rows].T, self.B[rows], alpha=-s_rho, out=w["tr"])
+            G = w["G"].copy_(torch.mm(Ht, tr, out=w["P32"]))
+            C = torch.mm(Ht64, Ht64[rows].T, out=w["C"][rows.stop - rows.start])
+            G.addmm_(C, B64[rows], alpha=s_rho)
         for g in w["groups"]:
             torch.bmm(g["h"], g["hT"], out=g["Q"])  # hᵀh
             torch.bmm(g["B"], g["BT"], out=g["BBt"])
@@ -218,9 +241,19 @@ class StackedAdapters:
         if self.scale is not None:
             self.scale.grad = torch.where(self.learnable, GB * c, 0.0).to(self.scale.dtype)
         self.B.grad = w["dB"].copy_(G.mul_(s["row64"]))  # c·s·G
-        # ‖diff‖² − ‖t‖² = s²⟨Q·B, B⟩ − 2s⟨P, B⟩ = s·(2⟨G, B⟩ − s⟨Q·B, B⟩)
-        losses = GB.mul_(2).sub_(sQBB).mul_(s["config64"])
-        losses.add_(torch.dot(t64.view(-1), t64.view(-1))).div_(t.numel())
+        # ‖diff‖² = ‖t‖² + s²⟨Q·B, B⟩ − 2s⟨P, B⟩ = ‖t‖² + s·(2⟨G, B⟩ − s⟨Q·B, B⟩)
+        if rho is None:
+            tt = torch.dot(w["t64"].view(-1), w["t64"].view(-1))
+        else:
+            # ‖t‖² = ‖t'‖² + 2s_ρ⟨t', h_ρ·B_ρ⟩ + s_ρ²‖h_ρ·B_ρ‖², so that for every config
+            # the terms that cancel are the float64 ones.
+            t64 = w["t64"].copy_(tr).view(-1)
+            tt = (
+                torch.dot(t64, t64)
+                + 2 * s_rho * torch.mul(w["P32"][rows], B64[rows]).sum()
+                + s_rho * sQBB[rho]
+            )
+        losses = GB.mul_(2).sub_(sQBB).mul_(s["config64"]).add_(tt).div_(t.numel())
 
         # dloss/dH = c·s·(h·(s·B·Bᵀ) − t·Bᵀ): both products as one matmul for every
         # config, the first through the block-diagonal matrix of the configs' s·B·Bᵀ.

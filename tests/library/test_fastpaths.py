@@ -210,14 +210,13 @@ def test_fused_forward_equals_base_plus_update(shape):
         assert torch.allclose(g, e, rtol=1e-4, atol=1e-4)
 
 
-def test_train_many_losses_survive_the_cancellation_of_a_good_fit():
-    # Configs that fit a rank-1 target to a few 1e-6 of its energy: the expanded full-data MSE
-    # must still match the float64 loss of the same (float32) factors.
+def _good_fit():
+    """Configs that fit a rank-1 target to a few 1e-6 of its energy, ranks interleaved so
+    that the stack's grouping by rank reorders them."""
     torch.manual_seed(0)
     X = torch.randn(3000, 31)
     target = X @ torch.ones(31, 29) + 0.01 * torch.randn(3000, 29)
     base = nn.Linear(31, 29, bias=False)
-    # Ranks interleaved, so the stack's grouping by rank reorders the configs.
     layers = [
         lc.LoRALinear(base, r=r, lora_alpha=a, scaling=sc)
         for a in (1.0, 5.0)
@@ -230,6 +229,13 @@ def test_train_many_losses_survive_the_cancellation_of_a_good_fit():
             layer.A[:, 0] = 1 + 1e-4 * torch.randn(31)
             layer.B.copy_(1e-5 * torch.randn_like(layer.B))
             layer.B[0] += 1 / layer.scale
+    return X, target, layers
+
+
+def test_train_many_losses_survive_the_cancellation_of_a_good_fit():
+    # The expanded full-data MSE, and the first step's minibatch MSE (float64 Hᵀt), must
+    # still match the float64 loss of the same (float32) factors.
+    X, target, layers = _good_fit()
     stack = StackedAdapters(layers)
     got = stack.full_losses(X, target)
     x, t = X[:128], target[:128]  # one minibatch: the step's loss expands the same way
@@ -243,3 +249,49 @@ def test_train_many_losses_survive_the_cancellation_of_a_good_fit():
         h = H[:, stack.cols[k]].double()  # the step's own float32 x·A
         exact = ((h * layer.scale.double() @ layer.B.double() - t.double()) ** 2).mean().item()
         assert step[k] == pytest.approx(exact, rel=1e-8)
+
+
+def test_the_steps_float32_product_is_as_precise_as_the_direct_form():
+    # From its second call on, the step subtracts the best config's residual and forms Hᵀt
+    # in float32. Against the exact loss and gradient (float64 from the float32 factors),
+    # its errors must be of the order of those of train()'s direct float32 form.
+    X, target, layers = _good_fit()
+    x, t = X[:128], target[:128]
+    stack = StackedAdapters(layers)
+    first = stack.set_grads(x, t).clone()
+    assert stack.reference == int(first.argmin())
+    losses, dB = stack.set_grads(x, t), stack.B.grad
+    c, worst = 2.0 / t.numel(), {"step": [0.0, 0.0], "direct": [0.0, 0.0]}
+    for k, layer in enumerate(layers):
+        s, A, B = layer.scale.detach(), layer.A.detach(), layer.B.detach()
+        h = x.double() @ A.double()
+        diff = s.double() * h @ B.double() - t.double()
+        exact_loss, exact_dB = diff.square().mean(), c * s.double() * h.T @ diff
+        h32 = x @ A
+        diff32 = s * h32 @ B - t
+        found = {
+            "step": (losses[k], dB[stack.cols[k]]),
+            "direct": (diff32.square().mean(), c * s * h32.T @ diff32),
+        }
+        for way, (loss, grad) in found.items():
+            worst[way][0] = max(worst[way][0], abs(float(loss) - float(exact_loss)) / float(exact_loss))
+            worst[way][1] = max(worst[way][1], float((grad.double() - exact_dB).norm() / exact_dB.norm()))
+    assert 0 < worst["direct"][0] < 1e-4 and 0 < worst["direct"][1] < 1e-3  # the cancellation is real
+    assert worst["step"][0] < 10 * worst["direct"][0]
+    assert worst["step"][1] < 10 * worst["direct"][1]
+
+
+def test_a_reference_that_diverges_does_not_spoil_the_other_configs():
+    X, target, layers = _good_fit()
+    with torch.no_grad():
+        layers[1].B.fill_(float("nan"))
+    x, t = X[:128], target[:128]
+    stack = StackedAdapters(layers)
+    expected = stack.set_grads(x, t).clone()  # float64 Hᵀt
+    assert stack.reference is not None and stack.reference != 1  # a NaN loss is never the best
+    stack.reference = 1  # as if config 1 had diverged on this very step
+    got = stack.set_grads(x, t)
+    others = [k for k in range(len(layers)) if k != 1]
+    assert torch.isnan(got[1]) and torch.isnan(expected[1])
+    assert torch.equal(got[others], expected[others])  # the step was redone without it
+    assert torch.isfinite(stack.B.grad[stack.cols[0]]).all()
