@@ -66,11 +66,13 @@ class StackedAdapters:
         dH = c·s·(s·h·B·Bᵀ − t·Bᵀ)     ‖diff‖² = ‖t‖² + s²·⟨Q·B, B⟩ − 2s·⟨P, B⟩
 
     so no config's (b, d_out) residual is ever formed: a step costs four thin matmuls
-    (x·A, Hᵀt, t·Bᵀ, xᵀ·dH) however many configs there are, and a handful of small ops
+    (Aᵀ·xᵀ, Hᵀt, B·tᵀ, xᵀ·dH) however many configs there are, and a handful of small ops
     per rank group. The loss's terms nearly cancel once a config fits (‖t‖² ≈ 1e3 per
-    entry against a loss of 1e-3), so P, Q and G are formed in float64; the
-    gradients keep the precision of the direct float32 form. Every per-step tensor lives
-    in a buffer made on the first step, so the loop allocates nothing large.
+    entry against a loss of 1e-3), so Q, G and the losses are formed in float64. Hᵀt is
+    formed in float32 after subtracting the residual of a reference config, the best fit
+    of the previous step (see ``_set_grads``), which keeps it as precise as the direct
+    float32 form. Every per-step tensor lives in a workspace made on the first step, so
+    the loop allocates nothing large.
     """
 
     def __init__(self, layers: list[LoRALinear]):
