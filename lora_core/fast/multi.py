@@ -89,7 +89,6 @@ class StackedAdapters:
                 start += r
             at += K * r * r
         dev = layers[0].A.device
-        self.order = torch.tensor(order, device=dev)  # configs as they lie in the stack
         self.owner = torch.tensor([i for i in order for _ in range(layers[i].r)], device=dev)
         # The config of each entry of the configs' r × r blocks, laid out flat in group order,
         # and where each entry sits in the (Σr × Σr) block-diagonal matrix.
