@@ -256,7 +256,8 @@ def tensors_checksum(tensors: dict[str, torch.Tensor]) -> str:
     for name in sorted(tensors):
         t = tensors[name].detach().cpu().contiguous()
         digest.update(repr((name, str(t.dtype), tuple(t.shape))).encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        # The array's own buffer, not a bytes copy: data files are tens of MB.
+        digest.update(t.view(torch.uint8).numpy().data if t.numel() else b"")
     return digest.hexdigest()
 
 
