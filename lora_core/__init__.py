@@ -27,100 +27,86 @@ Beside it, two subpackages:
 
 __version__ = "0.1.0"
 
-from .adapters import adapter_deltas, load_adapter, read_adapter_config, save_adapter
-from .cache import cached_regression, pretrain_base, pretrain_transformer
-from .fast import AdapterRun, config_grid, train_many
-from .inject import (
-    add_lora,
-    count_parameters,
-    lora_modules,
-    lora_parameters,
-    merge_lora,
-    unload_lora,
-    unmerge_lora,
-)
-from .layer import INITS, SCALINGS, LoRALinear, lora_scale
-from .models import (
-    PLACEMENTS,
-    TinyTransformer,
-    TransformerConfig,
-    build_transformer,
-    optimizer_state_bytes,
-    weights_checksum,
-)
-from .peft_format import export_peft, import_peft
-from .sequences import IGNORE_INDEX, TASKS, make_sequences, token_accuracy
-from .tasks import (
-    BLOG_LORA_LOSSES,
-    BLOG_MERGED_LOSS,
-    BLOG_PRETRAIN_LOSSES,
-    BLOG_SHIFTED_BASE_LOSS,
-    compare_delta,
-    low_rank_error,
-    make_regression,
-    shift_theta,
-)
-from .training import (
-    LOSSES,
-    OPTIMIZERS,
-    SAMPLINGS,
-    History,
-    evaluate,
-    make_optimizer,
-    resolve_device,
-    seed_everything,
-    train,
-)
+# Every public name, by the module that defines it. They are imported on first use, as in
+# lora_core.suite: `import lora_core` costs nothing until a name is used, so that the
+# suite's command-line tools that need no torch (lora-regress, lora-reports) and the
+# pytest plugin, which every pytest run of the environment loads, do not import it.
+_NAMES = {
+    "adapter_deltas": "adapters",
+    "load_adapter": "adapters",
+    "read_adapter_config": "adapters",
+    "save_adapter": "adapters",
+    "cached_regression": "cache",
+    "pretrain_base": "cache",
+    "pretrain_transformer": "cache",
+    "AdapterRun": "fast",
+    "config_grid": "fast",
+    "train_many": "fast",
+    "add_lora": "inject",
+    "count_parameters": "inject",
+    "lora_modules": "inject",
+    "lora_parameters": "inject",
+    "merge_lora": "inject",
+    "unload_lora": "inject",
+    "unmerge_lora": "inject",
+    "INITS": "layer",
+    "SCALINGS": "layer",
+    "LoRALinear": "layer",
+    "lora_scale": "layer",
+    "PLACEMENTS": "models",
+    "TinyTransformer": "models",
+    "TransformerConfig": "models",
+    "build_transformer": "models",
+    "optimizer_state_bytes": "models",
+    "weights_checksum": "models",
+    "export_peft": "peft_format",
+    "import_peft": "peft_format",
+    "IGNORE_INDEX": "sequences",
+    "TASKS": "sequences",
+    "make_sequences": "sequences",
+    "token_accuracy": "sequences",
+    "BLOG_LORA_LOSSES": "tasks",
+    "BLOG_MERGED_LOSS": "tasks",
+    "BLOG_PRETRAIN_LOSSES": "tasks",
+    "BLOG_SHIFTED_BASE_LOSS": "tasks",
+    "compare_delta": "tasks",
+    "low_rank_error": "tasks",
+    "make_regression": "tasks",
+    "shift_theta": "tasks",
+    "LOSSES": "training",
+    "OPTIMIZERS": "training",
+    "SAMPLINGS": "training",
+    "History": "training",
+    "evaluate": "training",
+    "make_optimizer": "training",
+    "resolve_device": "training",
+    "seed_everything": "training",
+    "train": "training",
+}
 
-__all__ = [
-    "AdapterRun",
-    "BLOG_LORA_LOSSES",
-    "BLOG_MERGED_LOSS",
-    "BLOG_PRETRAIN_LOSSES",
-    "BLOG_SHIFTED_BASE_LOSS",
-    "History",
-    "IGNORE_INDEX",
-    "INITS",
-    "LOSSES",
-    "LoRALinear",
-    "OPTIMIZERS",
-    "PLACEMENTS",
-    "SAMPLINGS",
-    "SCALINGS",
-    "TASKS",
-    "TinyTransformer",
-    "TransformerConfig",
-    "adapter_deltas",
-    "add_lora",
-    "build_transformer",
-    "cached_regression",
-    "compare_delta",
-    "config_grid",
-    "count_parameters",
-    "evaluate",
-    "export_peft",
-    "import_peft",
-    "load_adapter",
-    "lora_modules",
-    "lora_parameters",
-    "lora_scale",
-    "low_rank_error",
-    "make_optimizer",
-    "make_regression",
-    "make_sequences",
-    "merge_lora",
-    "optimizer_state_bytes",
-    "pretrain_base",
-    "pretrain_transformer",
-    "read_adapter_config",
-    "resolve_device",
-    "save_adapter",
-    "seed_everything",
-    "shift_theta",
-    "token_accuracy",
-    "train",
-    "train_many",
-    "unload_lora",
-    "unmerge_lora",
-    "weights_checksum",
-]
+
+# The modules themselves, reachable as attributes too (``lc.adapters.WEIGHTS_NAME``), as
+# they were when this file imported them all.
+_MODULES = {
+    "adapters", "cache", "fast", "inject", "layer", "models", "peft_format",
+    "sequences", "suite", "tasks", "training", "validation", "walkthrough",
+}  # fmt: skip
+
+
+def __getattr__(name: str):
+    from importlib import import_module
+
+    if name in _NAMES:
+        value = getattr(import_module(f".{_NAMES[name]}", __name__), name)
+        globals()[name] = value  # looked up once
+        return value
+    if name in _MODULES:
+        return import_module(f".{name}", __name__)  # importing sets the attribute
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_NAMES, *_MODULES])
+
+
+__all__ = sorted(_NAMES)

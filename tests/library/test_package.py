@@ -34,4 +34,23 @@ def test_the_suite_loads_papermill_only_when_a_runner_is_used():
 def test_the_pytest_plugin_loads_no_notebook_tooling():
     # pytest loads it in every run of the environment, a library-only install included.
     loaded = _loaded_after("import lora_core.suite.pytest_plugin")
-    assert not loaded & {"papermill", "nbclient", "matplotlib", "nbformat"}
+    assert not loaded & {"papermill", "nbclient", "matplotlib", "nbformat", "torch", "pandas"}
+
+
+def test_names_are_imported_on_first_use():
+    # `import lora_core` alone loads no torch (about 2 s): the regression checker and the
+    # reports index, which a user's CI runs on metrics files, never need it.
+    assert "torch" not in _loaded_after("import lora_core")
+    assert "torch" not in _loaded_after("from lora_core.suite import regression, reports")
+    assert "torch" in _loaded_after("import lora_core; lora_core.train")
+    assert "torch" in _loaded_after("from lora_core import LoRALinear")
+    # The modules stay reachable as attributes, as when the package imported them all.
+    assert "torch" in _loaded_after("import lora_core; lora_core.adapters.WEIGHTS_NAME")
+
+
+@pytest.mark.parametrize("module", ["lora_core", "lora_core.suite"])
+def test_an_unknown_name_is_an_attribute_error_naming_it(module):
+    package = __import__(module, fromlist=["__all__"])
+    with pytest.raises(AttributeError, match=f"module '{module}' has no attribute 'no_such_name'"):
+        package.no_such_name
+    assert set(package.__all__) <= set(dir(package))
