@@ -5,10 +5,12 @@
 
 The step forms each config's gradient as G = s·Q·B − P with P = Hᵀt, and its loss as
 ‖t‖² + s²·⟨Q·B, B⟩ − 2s·⟨P, B⟩. Both subtract nearly equal terms once a config fits, so
-their rounding error grows as the loss falls: a plain float32 Hᵀt errs by 4e-4 in the
-gradient where the direct form errs by 9e-6 (measured 2026-12-03). From its second call
-on, the step forms P as Hᵀt' + s_ρ·Hᵀh_ρ·B_ρ, where t' = t − s_ρ·h_ρ·B_ρ is the residual
-of the best-fitting config ρ, and only the thin Hᵀh_ρ in float64. This measures, at
+their rounding error grows as the loss falls, and a plain float32 Hᵀt loses the
+gradient's precision once configs fit (an earlier version of this script, which judged
+each way against its own float32 x·A, measured that; it is not repeated here). From its
+second call on, the step forms P as Hᵀt' + s_ρ·Hᵀh_ρ·B_ρ, where t' = t − s_ρ·h_ρ·B_ρ is
+the residual of the best-fitting config ρ, and only Hᵀh_ρ and its product with B_ρ in
+float64. Only standard scaling is swept; the tests check learnable scales. This measures, at
 several points of the 25-config sweep's training, the relative error of every config's
 A and B gradients and minibatch loss against a float64 reference, three ways:
 

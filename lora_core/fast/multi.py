@@ -5,7 +5,7 @@ the same data. Trained one by one, each repeats the same minibatch gathers and p
 per-step overhead again. Here every config sees the same minibatch sequence in one
 batched step: all configs share one x·A product (their A side by side), configs of equal
 rank are stacked and multiplied with one ``bmm``, each config's gradient is written by
-hand from its own loss alone (``StackedAdapters.set_grads``: the formulas of ``train``'s fast
+hand from its own loss (``StackedAdapters.set_grads``: the formulas of ``train``'s fast
 path, rearranged so that no config's (batch, d_out) residual is ever formed) and Adam,
 being elementwise, updates each config as if it were alone. Each config's History
 therefore equals training it alone with ``train`` and the same seed, up to float rounding.
@@ -66,12 +66,14 @@ class StackedAdapters:
         dH = c·s·(s·h·B·Bᵀ − t·Bᵀ)     ‖diff‖² = ‖t‖² + s²·⟨Q·B, B⟩ − 2s·⟨P, B⟩
 
     so no config's (b, d_out) residual is ever formed: a step costs four thin matmuls
-    (Aᵀ·xᵀ, Hᵀt, B·tᵀ, xᵀ·dH) however many configs there are, and a handful of small ops
-    per rank group. The loss's terms nearly cancel once a config fits (‖t‖² ≈ 1e3 per
+    (Aᵀ·xᵀ, Hᵀt, B·tᵀ, xᵀ·dH) of width Σr however many configs there are, one (b, Σr) ×
+    (Σr, Σr) product for dH, three products as thin as the reference's rank (below), and a
+    handful of small ops per rank group. The loss's terms nearly cancel once a config fits (‖t‖² ≈ 1e3 per
     entry against a loss of 1e-3), so Q, G and the losses are formed in float64. Hᵀt is
     formed in float32 after subtracting the residual of a reference config, the best fit
     of the previous step (see ``_set_grads``), which keeps it as precise as the direct
-    float32 form. Every per-step tensor lives in a workspace made on the first step, so
+    float32 form; on the CPU only, since picking the reference reads values back from the
+    device, which would stall a GPU's queue on every step. Every per-step tensor lives in a workspace made on the first step, so
     the loop allocates nothing large.
     """
 
@@ -111,6 +113,9 @@ class StackedAdapters:
         # The config whose residual the step subtracts before its float32 Hᵀt (see
         # _set_grads); None: Hᵀt in float64. Each step picks the best fit for the next.
         self.reference: int | None = None
+        # Reading a value back (.item()) costs next to nothing on the CPU and waits for the
+        # whole queue on a GPU: there the step uses no reference and reads nothing back.
+        self.reads_back = dev.type == "cpu"
         self._work: dict | None = None  # the step's working tensors, see _workspace
         self._forms: dict = {}
 
@@ -200,17 +205,24 @@ class StackedAdapters:
     @torch.no_grad()
     def set_grads(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Write every config's gradients for the minibatch (x, t) into A, B (and the
-        scale); return each config's minibatch MSE (count,), in float64."""
-        losses = self._set_grads(x, t, self.reference)
-        if self.reference is not None and not math.isfinite(losses[self.reference].item()):
-            # The reference diverged on this step: its residual would spoil every config.
-            losses = self._set_grads(x, t, None)
-        # The next step's reference: the config that fits best.
-        best = int(torch.nan_to_num(losses, nan=math.inf).argmin())
-        self.reference = best if math.isfinite(losses[best].item()) else None
+        scale); return each config's minibatch MSE (count,), in float64.
+
+        The gradients are the stack's working buffers, overwritten by the next call:
+        clone them to keep them."""
+        rho = self.reference if self.reads_back else None
+        losses, tt = self._set_grads(x, t, rho)
+        if rho is not None and not bool(losses[rho] * t.numel() <= tt):
+            # The reference diverged, or fits worse than no adapter at all: its residual t'
+            # is no smaller than t, and its float32 product would be the less precise one.
+            losses, _ = self._set_grads(x, t, None)
+        if self.reads_back:
+            # The next step's reference: the config that fits best.
+            best = int(torch.nan_to_num(losses, nan=math.inf).argmin())
+            self.reference = best if math.isfinite(losses[best].item()) else None
         return losses
 
-    def _set_grads(self, x: torch.Tensor, t: torch.Tensor, rho: int | None) -> torch.Tensor:
+    def _set_grads(self, x: torch.Tensor, t: torch.Tensor, rho: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """set_grads with reference ρ (None: float64 Hᵀt); returns the losses and ‖t‖²."""
         w = self._workspace(x.shape[0], t.shape[1], x.dtype)
         c = 2.0 / t.numel()
         s = self._scale_forms(c)
@@ -224,7 +236,8 @@ class StackedAdapters:
         else:
             # P = Hᵀt = Hᵀt' + s_ρ·Hᵀh_ρ·B_ρ, with t' = t − s_ρ·h_ρ·B_ρ the residual of the
             # reference config ρ. Once ρ fits, t' is small, and its float32 product is as
-            # precise as the direct float32 form; only the thin Hᵀh_ρ is formed in float64.
+            # precise as the direct float32 form; only the thin Hᵀh_ρ and its product with
+            # B_ρ are formed in float64.
             rows, s_rho = self.cols[rho], s["config64"][rho].item()
             tr = torch.addmm(t, Ht[rows].T, self.B[rows], alpha=-s_rho, out=w["tr"])
             G = w["G"].copy_(torch.mm(Ht, tr, out=w["P32"]))
@@ -259,14 +272,14 @@ class StackedAdapters:
         # dloss/dH = c·s·(h·(s·B·Bᵀ) − t·Bᵀ): both products as one matmul for every
         # config, the first through the block-diagonal matrix of the configs' s·B·Bᵀ.
         w["Mflat"].index_copy_(0, self.block_pos, w["sBBt"].copy_(w["BBt"].mul_(s["block64"])))
-        if not math.isfinite(losses.sum().item()):
+        if not self.reads_back or not math.isfinite(losses.sum().item()):
             # A diverged config's non-finite h would reach every column through M's zeros;
-            # zeroed here, it stays in its own columns (which its B makes non-finite anyway).
+            # zeroed, it stays out of the other configs' gradients (its own A is lost anyway).
             Ht = torch.nan_to_num(Ht, nan=0.0, posinf=0.0, neginf=0.0)
         gHt = torch.mm(self.B, t.T, out=w["gHt"])  # (t·Bᵀ)ᵀ
         gHt.addmm_(w["MT"], Ht, beta=-1).mul_(s["row"])  # c·s·(h·M − t·Bᵀ)ᵀ
         self.A.grad = torch.mm(x.T, gHt.T, out=w["dA"])
-        return losses
+        return losses, tt
 
     @torch.no_grad()
     def full_losses(self, X: torch.Tensor, target: torch.Tensor) -> np.ndarray:
@@ -348,6 +361,11 @@ def train_many(
     configs = _check_configs(configs, base)
     training.check_data(X, y)
     settings = training.check_schedule(X.shape[0], epochs, batch_size, lr, eval_every, optimizer, sampling)
+    for name, data in (("X", X), ("y", y)):
+        if data.dtype != base.weight.dtype:
+            raise ValueError(
+                f"{name}.dtype={data.dtype} is not allowed: expected the base's dtype {base.weight.dtype}"
+            )
     if y.shape[1] != base.out_features or X.shape[1] != base.in_features:
         raise ValueError(
             f"X.shape={tuple(X.shape)}, y.shape={tuple(y.shape)} are not allowed: the base "

@@ -68,6 +68,13 @@ def test_hand_written_linear_gradients_equal_autograd(bias):
         assert torch.allclose(g, e, rtol=1e-5, atol=1e-6)
 
 
+def _record_references(stack) -> list:
+    """The reference each of the stack's step computations uses, in order (a redo adds one)."""
+    used, step = [], stack._set_grads
+    stack._set_grads = lambda x, t, rho: used.append(rho) or step(x, t, rho)
+    return used
+
+
 def test_stacked_gradients_equal_autograd_per_config():
     settings = [
         (2, "standard"),
@@ -80,23 +87,37 @@ def test_stacked_gradients_equal_autograd_per_config():
     layers = [_layer(r=r, seed=s, scaling=sc) for s, (r, sc) in enumerate(settings)]
     for layer in layers[1:]:
         layer.base = layers[0].base
-    x, y = torch.randn(32, 17), torch.randn(32, 13)
-    with torch.no_grad():
-        residual = y - layers[0].base(x)
+    x = torch.randn(32, 17)
     stack = StackedAdapters(layers)
-    losses = stack.set_grads(x, residual)
-    dA = stack.A.grad
-    for k, layer in enumerate(layers):
-        loss = F.mse_loss(layer(x), y)
-        loss.backward()
-        cols = stack.cols[k]
-        assert losses[k].item() == pytest.approx(loss.item(), rel=1e-5)
-        assert torch.allclose(dA[:, cols], layer.A.grad, rtol=1e-4, atol=1e-6)
-        assert torch.allclose(stack.B.grad[cols], layer.B.grad, rtol=1e-4, atol=1e-6)
-        if layer.scaling == "learnable":
-            assert torch.allclose(stack.scale.grad[k], layer.scale.grad, rtol=1e-4)
-        else:
-            assert stack.scale.grad[k] == 0  # a fixed scale is never moved
+    used = _record_references(stack)
+    # The first step forms Hᵀt in float64; later ones subtract a reference config's
+    # residual first, whichever config that is. A reference is used only while it fits
+    # better than no adapter at all, so each one gets targets it nearly fits.
+    for reference in [None, *range(len(layers))]:
+        with torch.no_grad():
+            near = layers[reference](x) if reference is not None else layers[0].base(x)
+            y = near + 0.1 * torch.randn(32, 13)
+            residual = y - layers[0].base(x)
+        expected = []
+        for layer in layers:
+            loss = F.mse_loss(layer(x), y)
+            loss.backward()
+            expected.append((loss.item(), layer.A.grad, layer.B.grad, layer.scale.grad))
+            layer.zero_grad(set_to_none=True)
+        stack.reference = reference
+        used.clear()
+        losses = stack.set_grads(x, residual)
+        assert used == [reference]  # used, not refused and redone without
+        for k, (loss, dA, dB, ds) in enumerate(expected):
+            cols = stack.cols[k]
+            assert losses[k].item() == pytest.approx(loss, rel=1e-5)
+            # Compared as whole matrices: near a fit, single entries are mostly rounding.
+            assert float((stack.A.grad[:, cols] - dA).norm() / dA.norm()) < 3e-4
+            assert float((stack.B.grad[cols] - dB).norm() / dB.norm()) < 3e-4
+            if layers[k].scaling == "learnable":
+                assert torch.allclose(stack.scale.grad[k], ds, rtol=1e-4)
+            else:
+                assert stack.scale.grad[k] == 0  # a fixed scale is never moved
 
 
 def _frames_close(a, b, rtol=1e-4):
@@ -279,6 +300,96 @@ def test_the_steps_float32_product_is_as_precise_as_the_direct_form():
     assert 0 < worst["direct"][0] < 1e-4 and 0 < worst["direct"][1] < 1e-3  # the cancellation is real
     assert worst["step"][0] < 10 * worst["direct"][0]
     assert worst["step"][1] < 10 * worst["direct"][1]
+
+
+def _exact_step(layers, x, t):
+    """Every config's loss and gradients (A, B) in float64 from its float32 factors."""
+    out, c = [], 2.0 / t.numel()
+    for layer in layers:
+        s, A, B = (p.detach().double() for p in (layer.scale, layer.A, layer.B))
+        h = x.double() @ A
+        diff = s * h @ B - t.double()
+        out.append((diff.square().mean(), c * s * x.double().T @ (diff @ B.T), c * s * h.T @ diff))
+    return out
+
+
+def test_the_reference_of_the_previous_step_keeps_the_next_one_precise():
+    # In the loop the reference is the previous minibatch's best fit, before an update:
+    # on the next minibatch, after the update, the step must still be as precise as the
+    # direct float32 form.
+    X, target, layers = _good_fit()
+    stack = StackedAdapters(layers)
+    stack.set_grads(X[:128], target[:128])
+    reference = stack.reference
+    with torch.no_grad():  # a plain gradient step, as large as Adam's first steps
+        for p in (stack.A, stack.B):
+            p -= 1e-3 * p.grad / p.grad.abs().max()
+    stack.copy_into(layers)
+    x, t = X[128:256], target[128:256]
+    used = _record_references(stack)
+    losses = stack.set_grads(x, t)
+    assert reference is not None and used == [reference]
+    for k, (loss, dA, dB) in enumerate(_exact_step(layers, x, t)):
+        cols = stack.cols[k]
+        assert abs(losses[k].item() / loss.item() - 1) < 1e-4
+        assert float((stack.B.grad[cols].double() - dB).norm() / dB.norm()) < 1e-2
+        assert float((stack.A.grad[:, cols].double() - dA).norm() / dA.norm()) < 1e-2
+
+
+def test_a_reference_that_fits_worse_than_no_adapter_is_not_used():
+    X, target, layers = _good_fit()
+    x, t = X[:128], target[:128]
+    stack = StackedAdapters(layers)
+    expected = stack.set_grads(x, t).clone()  # float64 Hᵀt
+    expected_dB = stack.B.grad.clone()
+    with torch.no_grad():  # config 2 overshoots: finite, but far worse than predicting 0
+        stack.B[stack.cols[2]] *= 300
+    expected_far = StackedAdapters(layers)  # the same factors, on the float64 path
+    expected_far.B.data.copy_(stack.B)
+    far = expected_far.set_grads(x, t).clone()
+    assert far[2].item() > 1e3 * t.square().mean().item()
+    stack.reference = 2
+    used = _record_references(stack)
+    got = stack.set_grads(x, t)
+    assert used == [2, None]  # tried, then redone without the reference
+    assert torch.equal(got, far)
+    others = [k for k in range(len(layers)) if k != 2]
+    assert torch.equal(got[others], expected[others])
+    assert torch.equal(stack.B.grad[stack.cols[0]], expected_dB[stack.cols[0]])
+
+
+def test_a_diverged_h_stays_out_of_the_other_configs_gradients():
+    # A non-finite A makes h non-finite; through dH's block-diagonal product its NaN would
+    # reach every config's dA unless it is zeroed first.
+    X, target, layers = _good_fit()
+    with torch.no_grad():
+        layers[1].A.fill_(float("nan"))
+    x, t = X[:128], target[:128]
+    stack = StackedAdapters(layers)
+    losses = stack.set_grads(x, t)
+    others = [k for k in range(len(layers)) if k != 1]
+    assert torch.isnan(losses[1]) and torch.isfinite(losses[others]).all()
+    for k, (_, dA, _) in zip(others, [e for i, e in enumerate(_exact_step(layers, x, t)) if i != 1]):
+        got = stack.A.grad[:, stack.cols[k]].double()
+        assert float((got - dA).norm() / dA.norm()) < 1e-2
+
+
+def test_without_reading_back_the_step_uses_no_reference():
+    # As on a GPU: no reference is chosen, nothing is read back, and the gradients are
+    # those of the float64 Hᵀt path.
+    X, target, layers = _good_fit()
+    x, t = X[:128], target[:128]
+    on_cpu = StackedAdapters(layers)
+    expected = on_cpu.set_grads(x, t).clone()
+    expected_grads = on_cpu.A.grad.clone(), on_cpu.B.grad.clone()
+    stack = StackedAdapters(layers)
+    stack.reads_back = False
+    stack.reference = int(expected.argmin())  # as if one had been chosen: not used either
+    for _ in range(2):
+        got = stack.set_grads(x, t)
+        assert stack.reference == int(expected.argmin())  # nor chosen anew
+        assert torch.equal(got, expected)
+        assert torch.equal(stack.A.grad, expected_grads[0]) and torch.equal(stack.B.grad, expected_grads[1])
 
 
 def test_a_reference_that_diverges_does_not_spoil_the_other_configs():

@@ -112,3 +112,13 @@ def test_data_that_does_not_fit_the_base_is_refused(lowrank_task):
     base, X2, y2 = lowrank_task
     with pytest.raises(ValueError, match="maps 65 inputs to 64 outputs"):
         lc.train_many(base, X2[:, :10], y2, [{"r": 1}], progress=False, epochs=1)
+
+
+@pytest.mark.parametrize("name", ["X", "y"])
+def test_data_of_another_dtype_than_the_base_is_refused(lowrank_task, name):
+    base, X2, y2 = lowrank_task
+    data = {"X": X2, "y": y2}
+    data[name] = data[name].double()
+    expected = rf"^{name}\.dtype=torch\.float64 is not allowed: expected the base's dtype torch\.float32"
+    with pytest.raises(ValueError, match=expected):
+        lc.train_many(base, data["X"], data["y"], [{"r": 1}], progress=False, epochs=1)
