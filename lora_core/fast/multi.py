@@ -221,7 +221,9 @@ class StackedAdapters:
             self.reference = best if math.isfinite(losses[best].item()) else None
         return losses
 
-    def _set_grads(self, x: torch.Tensor, t: torch.Tensor, rho: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _set_grads(
+        self, x: torch.Tensor, t: torch.Tensor, rho: int | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """set_grads with reference ρ (None: float64 Hᵀt); returns the losses and ‖t‖²."""
         w = self._workspace(x.shape[0], t.shape[1], x.dtype)
         c = 2.0 / t.numel()

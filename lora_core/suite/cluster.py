@@ -73,10 +73,15 @@ def dask_executor(cluster: str) -> Iterator[Executor]:
             stack.callback(_restore_environment, before)
             stack.enter_context(local_cluster)
             client = Client(local_cluster)
-        elif "://" in cluster:
-            client = Client(cluster)
-        elif Path(cluster).is_file():
-            client = Client(scheduler_file=cluster)
+        elif "://" in cluster or Path(cluster).is_file():
+            where = {"address": cluster} if "://" in cluster else {"scheduler_file": cluster}
+            try:
+                client = Client(**where)
+            except (OSError, TimeoutError) as err:  # TimeoutError is an OSError since 3.10
+                raise ValueError(
+                    f"--dask {cluster} is not allowed: no scheduler answered there ({type(err).__name__}: "
+                    f"{err}); start one, or check the address and the network"
+                ) from err
         else:
             raise ValueError(
                 f"--dask {cluster} is not allowed: expected local, local:N, a scheduler address "

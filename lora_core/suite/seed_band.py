@@ -17,6 +17,7 @@ import math
 import numbers
 import os
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -140,6 +141,9 @@ def load_seed_band(path: str | os.PathLike, parameters: Mapping[str, Any] | None
     """
     file = resolve_folder(str(path))
     if not file.is_file():
+        # Said, not only returned: a notebook copied out of the repository (or shipped to a
+        # cluster worker without its checkout) would otherwise just lose its band.
+        warnings.warn(f"no seed band at {file}: figures and tables go without one", stacklevel=2)
         return None
     band = read_json(file)
     if parameters is not None and _shared(parameters) != band.get("parameters"):

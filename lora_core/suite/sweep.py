@@ -397,7 +397,17 @@ def _run_locked(
             for name, outcome in outcomes:
                 files = outcome.pop("files", None)
                 if files is not None:
-                    _write_shipped(output_dir / name, files)
+                    try:
+                        _write_shipped(output_dir / name, files)
+                    except (OSError, ValueError) as err:
+                        # This config's files are lost, not the sweep: on the local route the
+                        # same failure happens inside the config's own run.
+                        outcome = {
+                            "status": "failed",
+                            "ename": type(err).__name__,
+                            "evalue": f"its files could not be written into {output_dir / name}: {err}",
+                            "seconds": outcome["seconds"],
+                        }
                 config = parameters[name]
                 rows[name] = _row(config, name, outcome)
                 _write_summary(output_dir, rows.values(), columns)
@@ -471,6 +481,10 @@ def _outcomes(
     # Resubmitted configs must not be taken for the lost run (Dask keys pure calls).
     options = {"pure": False} if _is_dask(executor) else {}
     queue, attempts, running = deque(tasks), Counter(), {}
+    # A cluster's workers may join while the sweep runs (a SLURM job that starts late, an
+    # adaptive cluster): how many configs fit is asked again every few seconds, not only
+    # when a config finishes.
+    poll = None if own_pool or not _is_dask(executor) else 5.0
     try:
         while queue or running:
             free = limit() - len(running)
@@ -484,13 +498,13 @@ def _outcomes(
                     yield name, _lost(err, attempts[name])
             if not running:
                 continue
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            done, _ = wait(running, timeout=poll, return_when=FIRST_COMPLETED)
             for future in done:
                 name = running.pop(future)
                 try:
                     outcome = future.result()
-                except Exception as err:  # the executor lost this config (e.g. its worker died)
-                    if attempts[name] < ATTEMPTS:
+                except Exception as err:  # the config's own failures are in its outcome
+                    if _worker_lost(err) and attempts[name] < ATTEMPTS:
                         queue.appendleft(name)  # next, on whichever worker is free
                         continue
                     outcome = _lost(err, attempts[name])
@@ -504,11 +518,21 @@ def _outcomes(
             executor.shutdown(wait=not running, cancel_futures=True)
 
 
+def _worker_lost(err: Exception) -> bool:
+    """Whether the executor lost a config with the process that ran it (a Dask worker
+    killed or out of memory, a pool process that died), rather than failing to run it at
+    all (say, a worker without lora_core's suite installed): only the first is retried."""
+    return isinstance(err, BrokenExecutor) or type(err).__name__ == "KilledWorker"
+
+
 def _lost(err: Exception, attempts: int) -> dict[str, Any]:
     if attempts == 0:
         why = "the executor could not start the config"
+    elif not _worker_lost(err):
+        why = "the executor could not run the config"
     else:
-        why = "the executor lost the config, started " + ("once" if attempts == 1 else f"{attempts} times")
+        # Submitted: a Dask scheduler may itself restart a task (allowed-failures).
+        why = "the executor lost the config, submitted " + ("once" if attempts == 1 else f"{attempts} times")
     return {
         "status": "failed",
         "ename": type(err).__name__,

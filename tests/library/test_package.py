@@ -52,5 +52,5 @@ def test_names_are_imported_on_first_use():
 def test_an_unknown_name_is_an_attribute_error_naming_it(module):
     package = __import__(module, fromlist=["__all__"])
     with pytest.raises(AttributeError, match=f"module '{module}' has no attribute 'no_such_name'"):
-        package.no_such_name
+        _ = package.no_such_name
     assert set(package.__all__) <= set(dir(package))

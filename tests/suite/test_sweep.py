@@ -21,6 +21,7 @@ import nbformat
 import pytest
 
 from lora_core.suite import reports
+from lora_core.suite import sweep as sweep_module
 from lora_core.suite.sweep import LOCK_FILE, SweepBusyError, config_name, load_sweep, main, run_sweep
 
 NOTEBOOK = Path(__file__).parents[1] / "data" / "quadratic.ipynb"
@@ -420,7 +421,7 @@ def test_config_whose_worker_is_killed_is_retried_once_then_recorded(tmp_path, d
     summary = result.summary.set_index("mode")
     assert summary.loc["kill_worker", "status"] == "failed"
     assert summary.loc["kill_worker", "error"].startswith("KilledWorker")
-    assert "started 2 times" in summary.loc["kill_worker", "error"]
+    assert "submitted 2 times" in summary.loc["kill_worker", "error"]
     # Killed on its first worker, finished on the retry; the other config unaffected.
     assert marker.exists() and list(summary.loc[["kill_worker_once", "ok"], "status"]) == ["ok", "ok"]
     # A rerun resumes as on the local route: what finished is skipped.
@@ -478,4 +479,80 @@ def test_command_line_refuses_a_bad_dask_cluster_before_anything_runs(tmp_path, 
         main([str(NOTEBOOK), "--grid", "x=1,2", "--output", str(tmp_path / "cli"), *arguments])
     assert exit_info.value.code == 2
     assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "cli").exists()
+
+
+def test_a_shipped_run_that_cannot_be_written_fails_alone(tmp_path, monkeypatch):
+    # Shipped files are written by the client: a write that fails (a full disk, a
+    # folder it may not write to) is that config's failure, as on the local route.
+    write = sweep_module._write_shipped
+
+    def failing(folder, files):
+        if folder.name == "x=1.0":
+            raise OSError(28, "No space left on device")
+        write(folder, files)
+
+    monkeypatch.setattr(sweep_module, "_write_shipped", failing)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        result = sweep(tmp_path / "shipped", {"x": [1, 5]}, executor=pool, ship_files=True)
+    summary = result.summary.set_index("x")
+    assert list(summary["status"]) == ["failed", "ok"] and summary.loc[5.0, "loss"] == 4.0
+    assert summary.loc[1.0, "error"].startswith("OSError: its files could not be written into")
+    assert not (tmp_path / "shipped" / "x=1.0" / "metrics.json").exists()  # a rerun redoes it
+    monkeypatch.undo()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        again = sweep(tmp_path / "shipped", {"x": [1, 5]}, executor=pool, ship_files=True)
+    assert list(again.summary["status"]) == ["ok", "skipped"]
+
+
+class _FailingExecutor(Executor):
+    """Every submitted config fails in the executor itself, never in the notebook."""
+
+    def __init__(self, error):
+        self.error, self.submitted = error, 0
+
+    def submit(self, fn, *args, **kwargs):
+        self.submitted += 1
+        future = Future()
+        future.set_exception(self.error)
+        return future
+
+
+def test_a_config_the_executor_cannot_run_is_not_retried(tmp_path):
+    # A worker without the suite installed cannot unpickle the task: no retry helps, and
+    # the error must not read as a lost worker.
+    executor = _FailingExecutor(ModuleNotFoundError("No module named 'papermill'"))
+    result = sweep(tmp_path / "broken", {"x": [1]}, executor=executor)
+    assert executor.submitted == 1
+    error = result.summary["error"].iloc[0]
+    assert error == "ModuleNotFoundError: No module named 'papermill' (the executor could not run the config)"
+
+
+def test_a_config_whose_process_was_lost_is_retried_once(tmp_path):
+    from concurrent.futures.process import BrokenProcessPool
+
+    executor = _FailingExecutor(BrokenProcessPool("a process of the pool died"))
+    result = sweep(tmp_path / "lost", {"x": [1]}, executor=executor)
+    assert executor.submitted == 2
+    assert result.summary["error"].iloc[0].endswith("(the executor lost the config, submitted 2 times)")
+
+
+def test_command_line_names_a_scheduler_that_does_not_answer(tmp_path, capsys):
+    pytest.importorskip("distributed")
+    import dask
+
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}), pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                str(NOTEBOOK),
+                "--grid",
+                "x=1,2",
+                "--output",
+                str(tmp_path / "cli"),
+                "--dask",
+                "tcp://127.0.0.1:9",
+            ]
+        )
+    assert exit_info.value.code == 2
+    assert "--dask tcp://127.0.0.1:9 is not allowed: no scheduler answered there" in capsys.readouterr().err
     assert not (tmp_path / "cli").exists()
