@@ -485,26 +485,46 @@ def _outcomes(
     # adaptive cluster): how many configs fit is asked again every few seconds, not only
     # when a config finishes.
     poll = None if own_pool or not _is_dask(executor) else 5.0
+    pool_of = {}  # future -> the executor it was submitted to
+
+    def renewed(broken: Executor) -> Executor:
+        # A pool of our own breaks for good when one of its processes dies (each of its
+        # running configs is then lost): the configs to retry go to a fresh one.
+        if broken is not executor:
+            return executor  # already renewed, for another config of the same pool
+        terminate_pool(broken)
+        broken.shutdown(wait=False, cancel_futures=True)
+        return worker_pool(workers)
+
     try:
         while queue or running:
             free = limit() - len(running)
             while queue and free > 0:
                 name = queue.popleft()
                 try:
-                    running[executor.submit(run, *tasks[name], **options)] = name
-                    attempts[name] += 1
-                    free -= 1
+                    future = executor.submit(run, *tasks[name], **options)
                 except BrokenExecutor as err:  # e.g. a pool one of whose processes died
+                    attempts[name] += 1  # as a start: a pool that breaks again is not renewed forever
+                    if own_pool and attempts[name] < ATTEMPTS:
+                        executor = renewed(executor)
+                        queue.appendleft(name)
+                        continue
                     yield name, _lost(err, attempts[name])
+                    continue
+                running[future], pool_of[future] = name, executor
+                attempts[name] += 1
+                free -= 1
             if not running:
                 continue
             done, _ = wait(running, timeout=poll, return_when=FIRST_COMPLETED)
             for future in done:
-                name = running.pop(future)
+                name, pool = running.pop(future), pool_of.pop(future)
                 try:
                     outcome = future.result()
                 except Exception as err:  # the config's own failures are in its outcome
                     if _worker_lost(err) and attempts[name] < ATTEMPTS:
+                        if own_pool and isinstance(err, BrokenExecutor):
+                            executor = renewed(pool)
                         queue.appendleft(name)  # next, on whichever worker is free
                         continue
                     outcome = _lost(err, attempts[name])

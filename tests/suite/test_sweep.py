@@ -556,3 +556,17 @@ def test_command_line_names_a_scheduler_that_does_not_answer(tmp_path, capsys):
     assert exit_info.value.code == 2
     assert "--dask tcp://127.0.0.1:9 is not allowed: no scheduler answered there" in capsys.readouterr().err
     assert not (tmp_path / "cli").exists()
+
+
+def test_a_local_worker_killed_mid_config_is_retried_in_a_fresh_pool(tmp_path):
+    # A pool process that dies breaks the whole pool, and the configs running beside it
+    # are lost with it: each is retried once in a fresh pool, and the queued ones still run.
+    marker = tmp_path / "killed-once"
+    grid = {"mode": ["kill_worker_once", "ok"], "x": [1, 2]}
+    result = sweep(tmp_path / "lost", grid, {"label": str(marker)}, jobs=2)
+    assert marker.exists() and list(result.summary["status"]) == ["ok"] * 4
+    lost = sweep(tmp_path / "lost-twice", {"mode": ["kill_worker"]}, jobs=2)
+    error = lost.summary["error"].iloc[0]
+    assert error.startswith("BrokenProcessPool") and error.endswith(
+        "(the executor lost the config, submitted 2 times)"
+    )
