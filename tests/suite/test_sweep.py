@@ -570,3 +570,18 @@ def test_a_local_worker_killed_mid_config_is_retried_in_a_fresh_pool(tmp_path):
     assert error.startswith("BrokenProcessPool") and error.endswith(
         "(the executor lost the config, submitted 2 times)"
     )
+
+
+def test_a_shipped_run_arrives_with_its_html_and_its_subfolders(tmp_path, dask_pool):
+    result = sweep(tmp_path / "html", {"x": [1]}, executor=dask_pool, render_html=True)
+    folder = tmp_path / "html" / result.summary["path"].iloc[0]
+    assert (folder / "quadratic.html").stat().st_size > 0 and (folder / "metrics.json").exists()
+    # Files in subfolders (a notebook's adapter/) land where they were written, and
+    # metrics.json, which marks the run finished, is written last.
+    order = []
+    replace = os.replace
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "replace", lambda src, dst: order.append(Path(dst).name) or replace(src, dst))
+        sweep_module._write_shipped(tmp_path / "nested", {"metrics.json": b"{}", "adapter/weights.bin": b"w"})
+    assert (tmp_path / "nested" / "adapter" / "weights.bin").read_bytes() == b"w"
+    assert order == ["weights.bin", "metrics.json"]
