@@ -67,14 +67,15 @@ class StackedAdapters:
 
     so no config's (b, d_out) residual is ever formed: a step costs four thin matmuls
     (Aᵀ·xᵀ, Hᵀt, B·tᵀ, xᵀ·dH) of width Σr however many configs there are, one (b, Σr) ×
-    (Σr, Σr) product for dH, three products as thin as the reference's rank (below), and a
-    handful of small ops per rank group. The loss's terms nearly cancel once a config fits (‖t‖² ≈ 1e3 per
-    entry against a loss of 1e-3), so Q, G and the losses are formed in float64. Hᵀt is
-    formed in float32 after subtracting the residual of a reference config, the best fit
-    of the previous step (see ``_set_grads``), which keeps it as precise as the direct
-    float32 form; on the CPU only, since picking the reference reads values back from the
-    device, which would stall a GPU's queue on every step. Every per-step tensor lives in a workspace made on the first step, so
-    the loop allocates nothing large.
+    (Σr, Σr) product for dH, three products as thin as the reference's rank (below), and
+    a handful of small ops per rank group. The loss's terms nearly cancel once a config
+    fits (‖t‖² ≈ 1e3 per entry against a loss of 1e-3), so Q, G and the losses are formed
+    in float64. Hᵀt is formed in float32 after subtracting the residual of a reference
+    config, the best fit of the previous step (see ``_set_grads``), which keeps it as
+    precise as the direct float32 form; on the CPU only, since picking the reference reads
+    values back from the device, which would stall a GPU's queue on every step. Every
+    per-step tensor lives in a workspace made on the first step, so the loop allocates
+    nothing large.
     """
 
     def __init__(self, layers: list[LoRALinear]):

@@ -77,7 +77,7 @@ def dask_executor(cluster: str) -> Iterator[Executor]:
             where = {"address": cluster} if "://" in cluster else {"scheduler_file": cluster}
             try:
                 client = Client(**where)
-            except (OSError, TimeoutError) as err:  # TimeoutError is an OSError since 3.10
+            except (OSError, TimeoutError) as err:  # how Dask reports a scheduler it cannot reach
                 raise ValueError(
                     f"--dask {cluster} is not allowed: no scheduler answered there ({type(err).__name__}: "
                     f"{err}); start one, or check the address and the network"

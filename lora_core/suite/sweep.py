@@ -504,8 +504,8 @@ def _outcomes(
                 try:
                     future = executor.submit(run, *tasks[name], **options)
                 except BrokenExecutor as err:  # e.g. a pool one of whose processes died
-                    attempts[name] += 1  # as a start: a pool that breaks again is not renewed forever
-                    if own_pool and attempts[name] < ATTEMPTS:
+                    if own_pool and attempts[name] + 1 < ATTEMPTS:
+                        attempts[name] += 1  # as a start: a pool that keeps breaking is not renewed forever
                         executor = renewed(executor)
                         queue.appendleft(name)
                         continue
