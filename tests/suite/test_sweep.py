@@ -585,3 +585,18 @@ def test_a_shipped_run_arrives_with_its_html_and_its_subfolders(tmp_path, dask_p
         sweep_module._write_shipped(tmp_path / "nested", {"metrics.json": b"{}", "adapter/weights.bin": b"w"})
     assert (tmp_path / "nested" / "adapter" / "weights.bin").read_bytes() == b"w"
     assert order == ["weights.bin", "metrics.json"]
+
+
+@pytest.mark.parametrize("how", ["address", "scheduler file"])
+def test_command_line_runs_on_a_running_scheduler(tmp_path, dask_pool, how):
+    client = dask_pool._client
+    if how == "address":
+        cluster = client.scheduler.address
+    else:
+        cluster = str(tmp_path / "scheduler.json")  # what `dask scheduler --scheduler-file` writes
+        Path(cluster).write_text(json.dumps({"type": "Scheduler", "address": client.scheduler.address}))
+    output = tmp_path / "cli"
+    code = main([str(NOTEBOOK), "--grid", "x=1,5", "--output", str(output), "--no-html", "--dask", cluster])
+    summary = load_sweep(output)
+    assert code == 0 and list(summary["loss"]) == [4.0, 4.0] and list(summary["status"]) == ["ok", "ok"]
+    assert client.status == "running"  # the sweep's own client closed, the cluster left running
