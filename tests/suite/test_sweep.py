@@ -414,6 +414,24 @@ def test_ctrl_c_cancels_queued_configs_at_once_with_one_line(tmp_path):
     assert list(load_sweep(folder)["status"]) == ["pending"] * 3
 
 
+def test_ctrl_c_on_a_local_dask_cluster_exits_with_one_line(tmp_path):
+    pytest.importorskip("distributed")
+    folder = tmp_path / "interrupted"
+    process = sweep_process(folder, "--grid", "x=1,2,4", "--param", "mode=sleep", "--dask", "local:2")
+    try:
+        # Shipped runs write nothing into the folder until they finish: give the cluster
+        # and two kernels time to start (each config then sleeps 60 s).
+        time.sleep(15)
+        os.killpg(process.pid, signal.SIGINT)  # the whole group, workers included, as a terminal does
+        out, err = process.communicate(timeout=40)
+    finally:
+        process.kill()
+    assert process.returncode == 130
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert len([line for line in err.splitlines() if "interrupted" in line]) == 1
+    assert list(load_sweep(folder)["status"]) == ["pending"] * 3
+
+
 def test_config_whose_worker_is_killed_is_retried_once_then_recorded(tmp_path, dask_pool):
     marker = tmp_path / "killed-once"
     grid = {"mode": ["kill_worker", "kill_worker_once", "ok"]}
