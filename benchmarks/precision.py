@@ -9,13 +9,15 @@ their rounding error grows as the loss falls, and a plain float32 Hᵀt loses th
 gradient's precision once configs fit (an earlier version of this script, which judged
 each way against its own float32 x·A, measured that; it is not repeated here). From its
 second call on, the step forms P as Hᵀt' + s_ρ·Hᵀh_ρ·B_ρ, where t' = t − s_ρ·h_ρ·B_ρ is
-the residual of the best-fitting config ρ, and only Hᵀh_ρ and its product with B_ρ in
+the residual of a config ρ that fits well, and only Hᵀh_ρ and its product with B_ρ in
 float64. Only standard scaling is swept; the tests check learnable scales. This measures, at
 several points of the 25-config sweep's training, the relative error of every config's
-A and B gradients and minibatch loss against a float64 reference, three ways:
+A and B gradients and minibatch loss against a float64 reference, four ways:
 
 - the step with float64 Hᵀt (its first call, ``reference = None``),
-- the step with the best config as its reference (every later call),
+- the step with the best config as its reference,
+- the step with the reference it picks (every later call): the config of lowest rank
+  among those that fit within ``REFERENCE_SLACK`` of the best, whose products cost less,
 - the direct float32 form ``train()``'s fast path and autograd use (the residual
   s·h·B − t formed, then hᵀ·residual).
 
@@ -27,10 +29,12 @@ from __future__ import annotations
 
 import argparse
 
+import numpy as np
 import torch
 
 import lora_core as lc
 from lora_core.fast import StackedAdapters
+from lora_core.fast.multi import _pick_reference
 
 RANKS = (1, 2, 4, 8, 16)
 ALPHAS = (1.0, 2.0, 4.0, 8.0, 16.0)
@@ -99,31 +103,33 @@ def main(argv=None) -> int:
     rows = torch.randint(n, (128,), generator=torch.Generator().manual_seed(1))
     x, t = X2[rows], target[rows]
     configs = lc.config_grid(r=list(RANKS), lora_alpha=list(ALPHAS))
-    ways = ("float64 Hᵀt", "best config as reference", "direct float32")
+    ways = ("float64 Hᵀt", "best config as reference", "picked reference", "direct float32")
     print("Worst relative error over the sweep's configs, against a float64 reference.\n")
     print(
-        "| epochs trained | minibatch losses | "
+        "| epochs trained | minibatch losses | picked reference | "
         + " | ".join(f"{q}: {w}" for q in ("dB", "dA", "loss") for w in ways)
         + " |"
     )
-    print("|---|---|" + "---|" * 3 * len(ways))
+    print("|---|---|---|" + "---|" * 3 * len(ways))
     for e in epochs:
         runs = lc.train_many(base, X2, y2, configs, epochs=e, eval_every=e, seed=0, progress=False)
         layers = [run.layer for run in runs]
         refs = [reference(layer, x, t) for layer in layers]
-        best = min(range(len(layers)), key=lambda k: float(refs[k]["loss"]))
+        losses = np.array([float(r["loss"]) for r in refs])
+        picked = _pick_reference(losses, np.array([layer.r for layer in layers]))
         found = {
             ways[0]: stacked(layers, x, t, None),
-            ways[1]: stacked(layers, x, t, best),
-            ways[2]: [direct(layer, x, t) for layer in layers],
+            ways[1]: stacked(layers, x, t, int(losses.argmin())),
+            ways[2]: stacked(layers, x, t, picked),
+            ways[3]: [direct(layer, x, t) for layer in layers],
         }
         worst = {
             w: {q: max(errors(g, r)[q] for g, r in zip(found[w], refs)) for q in ("dB", "dA", "loss")}
             for w in ways
         }
-        losses = [float(r["loss"]) for r in refs]
         cells = " | ".join(f"{worst[w][q]:.1e}" for q in ("dB", "dA", "loss") for w in ways)
-        print(f"| {e} | {min(losses):.3g} – {max(losses):.3g} | {cells} |", flush=True)
+        rank = f"r = {layers[picked].r}"
+        print(f"| {e} | {losses.min():.3g} – {losses.max():.3g} | {rank} | {cells} |", flush=True)
     return 0
 
 

@@ -71,9 +71,10 @@ class StackedAdapters:
     a handful of small ops per rank group. The loss's terms nearly cancel once a config
     fits (‖t‖² ≈ 1e3 per entry against a loss of 1e-3), so Q, G and the losses are formed
     in float64. Hᵀt is formed in float32 after subtracting the residual of a reference
-    config, the best fit of the previous step (see ``_set_grads``), which keeps it as
-    precise as the direct float32 form; on the CPU only, since picking the reference reads
-    values back from the device, which would stall a GPU's queue on every step. Every
+    config that fitted well on the previous step (see ``_set_grads`` and
+    ``_pick_reference``), which keeps it at least as precise as the direct float32 form; on
+    the CPU only, since picking the reference reads values back from the device, which
+    would stall a GPU's queue on every step. Every
     per-step tensor lives in a workspace made on the first step, so the loop allocates
     nothing large.
     """
@@ -112,11 +113,12 @@ class StackedAdapters:
         self.fixed_scale = torch.stack([layer.scale.detach() for layer in layers])
         self.scale = nn.Parameter(self.fixed_scale.clone()) if self.learnable.any() else None
         # The config whose residual the step subtracts before its float32 Hᵀt (see
-        # _set_grads); None: Hᵀt in float64. Each step picks the best fit for the next.
+        # _set_grads); None: Hᵀt in float64. Each step picks the next one (_pick_reference).
         self.reference: int | None = None
         # Reading a value back (.item()) costs next to nothing on the CPU and waits for the
         # whole queue on a GPU: there the step uses no reference and reads nothing back.
         self.reads_back = dev.type == "cpu"
+        self.ranks = np.array([layer.r for layer in layers])
         self._work: dict | None = None  # the step's working tensors, see _workspace
         self._forms: dict = {}
 
@@ -149,7 +151,7 @@ class StackedAdapters:
             return torch.zeros(shape, dtype=dt, device=self.A.device)
 
         w = dict(key=key, Ht=new(R, b, dt=dtype), Ht64=new(R, b), t64=new(b, d), G=new(R, d), B64=new(R, d))
-        w.update(Q=new(blocks), BBt=new(blocks), sQ=new(blocks), QBB=new(blocks), GB=new(R, d))
+        w.update(Q=new(blocks), BBt=new(blocks), sQ=new(blocks), QBB=new(blocks))
         w.update(dB=new(R, d, dt=dtype), sBBt=new(blocks, dt=dtype), M=new(R, R, dt=dtype))
         w.update(gHt=new(R, b, dt=dtype), dA=new(*self.A.shape, dt=dtype))
         w.update(tr=new(b, d, dt=dtype), P32=new(R, d, dt=dtype), C={r: new(R, r) for r, *_ in self.groups})
@@ -217,9 +219,7 @@ class StackedAdapters:
             # is no smaller than t, and its float32 product would be the less precise one.
             losses, _ = self._set_grads(x, t, None)
         if self.reads_back:
-            # The next step's reference: the config that fits best.
-            best = int(torch.nan_to_num(losses, nan=math.inf).argmin())
-            self.reference = best if math.isfinite(losses[best].item()) else None
+            self.reference = _pick_reference(losses.numpy(), self.ranks)
         return losses
 
     def _set_grads(
@@ -244,6 +244,8 @@ class StackedAdapters:
             rows, s_rho = self.cols[rho], s["config64"][rho].item()
             tr = torch.addmm(t, Ht[rows].T, self.B[rows], alpha=-s_rho, out=w["tr"])
             G = w["G"].copy_(torch.mm(Ht, tr, out=w["P32"]))
+            # ⟨t', h_ρ·B_ρ⟩ = ⟨P'_ρ, B_ρ⟩, taken while G's rows of ρ still hold P'_ρ.
+            tr_pred = torch.dot(G[rows].view(-1), B64[rows].view(-1))
             C = torch.mm(Ht64, Ht64[rows].T, out=w["C"][rows.stop - rows.start])
             G.addmm_(C, B64[rows], alpha=s_rho)
         for g in w["groups"]:
@@ -254,7 +256,8 @@ class StackedAdapters:
             g["G"].baddbmm_(g["sQ"], g["B"], beta=-1)  # G = s·Q·B − P
         # s·⟨Q·B, B⟩ = s·⟨Q, B·Bᵀ⟩: from the r × r blocks, not the (Σr, d_out) rows.
         sQBB = self._per_config(torch.mul(sQ, w["BBt"], out=w["QBB"]), self.block_owner)
-        GB = self._per_config(torch.mul(G, B64, out=w["GB"]).sum(1), self.owner)  # ⟨G, B⟩
+        # ⟨G, B⟩, its products formed in B64's buffer: nothing reads B64 after this.
+        GB = self._per_config(B64.mul_(G).sum(1), self.owner)
         if self.scale is not None:
             self.scale.grad = torch.where(self.learnable, GB * c, 0.0).to(self.scale.dtype)
         self.B.grad = w["dB"].copy_(G.mul_(s["row64"]))  # c·s·G
@@ -263,13 +266,11 @@ class StackedAdapters:
             tt = torch.dot(w["t64"].view(-1), w["t64"].view(-1))
         else:
             # ‖t‖² = ‖t'‖² + 2s_ρ⟨t', h_ρ·B_ρ⟩ + s_ρ²‖h_ρ·B_ρ‖², so that for every config
-            # the terms that cancel are the float64 ones.
-            t64 = w["t64"].copy_(tr).view(-1)
-            tt = (
-                torch.dot(t64, t64)
-                + 2 * s_rho * torch.mul(w["P32"][rows], B64[rows]).sum()
-                + s_rho * sQBB[rho]
-            )
+            # the terms that cancel are the float64 ones. ‖t'‖² is accumulated in float64
+            # too: it is of the order of the reference's loss, and a float32 sum would err by
+            # more than 1e-7 of that in every config's loss.
+            tt_ref = torch.linalg.vector_norm(tr, dtype=torch.float64).square()
+            tt = tt_ref + 2 * s_rho * tr_pred + s_rho * sQBB[rho]
         losses = GB.mul_(2).sub_(sQBB).mul_(s["config64"]).add_(tt).div_(t.numel())
 
         # dloss/dH = c·s·(h·(s·B·Bᵀ) − t·Bᵀ): both products as one matmul for every
@@ -312,6 +313,23 @@ class StackedAdapters:
                 layer.B.copy_(self.B[self.cols[i]])
                 if self.scale is not None and self.learnable[i]:
                     layer.scale.copy_(self.scale[i])
+
+
+# A reference may fit this many times worse than the best config (in minibatch MSE), so
+# that a config of lower rank, whose three products cost less, can serve. Its residual
+# is then at most √REFERENCE_SLACK times the best one's, and so is the float32 Hᵀt's
+# error: twice the best reference's, still far below the direct float32 form's.
+REFERENCE_SLACK = 4.0
+
+
+def _pick_reference(losses: np.ndarray, ranks: np.ndarray) -> int | None:
+    """The next step's reference: among the configs whose loss is within REFERENCE_SLACK
+    of the best, the one of lowest rank (of those, the best fit); None if no loss is finite."""
+    finite = np.isfinite(losses)
+    if not finite.any():
+        return None
+    near = np.flatnonzero(finite & (losses <= REFERENCE_SLACK * losses[finite].min()))
+    return int(near[np.lexsort((losses[near], ranks[near]))[0]])
 
 
 def _check_configs(configs, base: nn.Linear) -> list[dict]:

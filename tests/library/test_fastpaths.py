@@ -14,6 +14,7 @@ from torch.nn import functional as F
 
 import lora_core as lc
 from lora_core.fast import StackedAdapters, fast_path, linear_step, lora_step
+from lora_core.fast.multi import REFERENCE_SLACK, _pick_reference
 from lora_core.training import full_mse
 
 SCHEDULE = dict(epochs=6, batch_size=32, lr=1e-2, eval_every=3, progress=False)
@@ -280,7 +281,8 @@ def test_the_steps_float32_product_is_as_precise_as_the_direct_form():
     x, t = X[:128], target[:128]
     stack = StackedAdapters(layers)
     first = stack.set_grads(x, t).clone()
-    assert stack.reference == int(first.argmin())
+    assert stack.reference == _pick_reference(first.numpy(), stack.ranks)
+    assert first[stack.reference] <= REFERENCE_SLACK * first.min()
     losses, dB = stack.set_grads(x, t), stack.B.grad
     c, worst = 2.0 / t.numel(), {"step": [0.0, 0.0], "direct": [0.0, 0.0]}
     for k, layer in enumerate(layers):
@@ -300,6 +302,19 @@ def test_the_steps_float32_product_is_as_precise_as_the_direct_form():
     assert 0 < worst["direct"][0] < 1e-4 and 0 < worst["direct"][1] < 1e-3  # the cancellation is real
     assert worst["step"][0] < 10 * worst["direct"][0]
     assert worst["step"][1] < 10 * worst["direct"][1]
+
+
+def test_the_reference_is_the_lowest_rank_config_that_fits_nearly_as_well_as_the_best():
+    ranks = np.array([16, 1, 2, 2, 8, 1])
+    nan = float("nan")
+    # Best 1.0 (rank 16); within the slack of 4: ranks 2, 2 and 8; rank 1 fits too badly.
+    assert _pick_reference(np.array([1.0, 9.0, 3.0, 2.5, 1.1, 4.5]), ranks) == 3  # rank 2, the better fit
+    assert _pick_reference(np.array([1.0, 4.0, 9.0, 9.0, 9.0, 9.0]), ranks) == 1  # the slack is inclusive
+    assert _pick_reference(np.array([1.0, 9.0, 9.0, 9.0, 9.0, 9.0]), ranks) == 0  # only the best is near
+    # A diverged config is never picked and does not count as the best.
+    assert _pick_reference(np.array([nan, 9.0, 30.0, nan, 8.0, np.inf]), ranks) == 1
+    assert _pick_reference(np.array([0.0, 1e-9, 0.0, 1.0, 0.0, 0.0]), ranks) == 5  # exact fits
+    assert _pick_reference(np.full(6, nan), ranks) is None
 
 
 def _exact_step(layers, x, t):
