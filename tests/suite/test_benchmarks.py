@@ -97,3 +97,24 @@ def test_unknown_parts_are_refused():
         timeout=120,
     )
     assert proc.returncode == 2 and "--only='stepp' is not allowed" in proc.stderr
+
+
+def test_the_precision_table_runs_and_its_step_beats_the_direct_form():
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.precision", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = [
+        line.split("|")[1:-1] for line in proc.stdout.splitlines() if line.startswith("| ") and "r = " in line
+    ]
+    assert [row[0].strip() for row in rows] == ["1", "4"]  # one row per checkpoint
+    for row in rows:
+        # dB, dA and loss, four ways each: float64 Hᵀt, best as reference, picked, direct.
+        errors = [float(cell) for cell in row[3:]]
+        assert len(errors) == 12 and all(0 <= e < 1e-3 for e in errors)
+        loss_picked, loss_direct = errors[10], errors[11]
+        assert loss_picked < loss_direct  # small sizes: the step's float64 loss beats float32's
