@@ -198,7 +198,6 @@ class StackedAdapters:
             "c": c,
             "config64": s64,
             "block64": s64[self.block_owner],
-            "row64": s64[self.owner].unsqueeze(1) * c,
             "row": s[self.owner].unsqueeze(1) * c,
         }
         if self.scale is None:
@@ -260,17 +259,20 @@ class StackedAdapters:
         GB = self._per_config(B64.mul_(G).sum(1), self.owner)
         if self.scale is not None:
             self.scale.grad = torch.where(self.learnable, GB * c, 0.0).to(self.scale.dtype)
-        self.B.grad = w["dB"].copy_(G.mul_(s["row64"]))  # c·s·G
+        # c·s·G, scaled after rounding to float32: one float64 pass less, for one more
+        # rounding of 6e-8.
+        self.B.grad = w["dB"].copy_(G).mul_(s["row"])
         # ‖diff‖² = ‖t‖² + s²⟨Q·B, B⟩ − 2s⟨P, B⟩ = ‖t‖² + s·(2⟨G, B⟩ − s⟨Q·B, B⟩)
         if rho is None:
             tt = torch.dot(w["t64"].view(-1), w["t64"].view(-1))
         else:
             # ‖t‖² = ‖t'‖² + 2s_ρ⟨t', h_ρ·B_ρ⟩ + s_ρ²‖h_ρ·B_ρ‖², so that for every config
-            # the terms that cancel are the float64 ones. ‖t'‖² is accumulated in float64
-            # too: it is of the order of the reference's loss, and a float32 sum would err by
+            # the terms that cancel are the float64 ones. ‖t'‖² is summed in float64 too
+            # (through the workspace: a float64 norm of t' allocates a copy on every step):
+            # it is of the order of the reference's loss, and a float32 sum would err by
             # more than 1e-7 of that in every config's loss.
-            tt_ref = torch.linalg.vector_norm(tr, dtype=torch.float64).square()
-            tt = tt_ref + 2 * s_rho * tr_pred + s_rho * sQBB[rho]
+            t64 = w["t64"].copy_(tr).view(-1)
+            tt = torch.dot(t64, t64) + 2 * s_rho * tr_pred + s_rho * sQBB[rho]
         losses = GB.mul_(2).sub_(sQBB).mul_(s["config64"]).add_(tt).div_(t.numel())
 
         # dloss/dH = c·s·(h·(s·B·Bᵀ) − t·Bᵀ): both products as one matmul for every
