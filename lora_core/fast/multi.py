@@ -330,7 +330,8 @@ def _pick_reference(losses: np.ndarray, ranks: np.ndarray) -> int | None:
     finite = np.isfinite(losses)
     if not finite.any():
         return None
-    near = np.flatnonzero(finite & (losses <= REFERENCE_SLACK * losses[finite].min()))
+    # An exact fit's loss can round to slightly below 0: the threshold is never below 0.
+    near = np.flatnonzero(finite & (losses <= REFERENCE_SLACK * max(losses[finite].min(), 0.0)))
     return int(near[np.lexsort((losses[near], ranks[near]))[0]])
 
 

@@ -314,6 +314,8 @@ def test_the_reference_is_the_lowest_rank_config_that_fits_nearly_as_well_as_the
     # A diverged config is never picked and does not count as the best.
     assert _pick_reference(np.array([nan, 9.0, 30.0, nan, 8.0, np.inf]), ranks) == 1
     assert _pick_reference(np.array([0.0, 1e-9, 0.0, 1.0, 0.0, 0.0]), ranks) == 5  # exact fits
+    # Exact fits whose losses rounded to just below 0.
+    assert _pick_reference(np.array([-2e-12, 1.0, -1e-13, 1.0, 1.0, 1.0]), ranks) == 2
     assert _pick_reference(np.full(6, nan), ranks) is None
 
 
