@@ -17,7 +17,8 @@ Parts (``--only`` picks some):
               with lora_core's defaults, against the seed-style script doing the same work
     sweep     25 configs (r ∈ {1, 2, 4, 8, 16} × 5 alphas, 100 epochs, base cached) with
               train_many, against the seed-style code training ONE adapter, and against
-              train() on the configs one by one (measured on 5 of them, scaled by 5)
+              train() on the configs one by one (measured on 5 of them, scaled by 5);
+              then train_many's step profiled on the last round's trained configs
     scaling   train_many's cost for 1, 4, 16 and 64 configs (10 epochs instead of 100)
     transformer  one LoRA fine-tuning step (cross-entropy, AdamW) on notebook 05's
               transformer, LoRA on q_proj and v_proj at r = 8: lora_core's add_lora against
@@ -101,6 +102,7 @@ class Scale:
     sweep_rounds: int = 5  # part "sweep": its goal holds in the worst round
     mainjob_rounds: int = 2  # part "mainjob": each round is the whole main job, several minutes
     subset: int = 5  # configs trained one by one with train(), scaled up to 25
+    profile_steps: int = 200  # part "sweep": train_many's step profiled after the last round
 
 
 FULL = Scale()
@@ -117,6 +119,7 @@ QUICK = Scale(
     rounds=2,
     sweep_rounds=2,
     mainjob_rounds=1,
+    profile_steps=8,
 )
 
 
@@ -153,6 +156,7 @@ class Results:
         self.notes: list[str] = []
         self.load: dict[str, list[float]] = {}  # 1-minute load average before and after each part
         self.memory: dict[str, dict[str, float]] = {}  # peak resident MiB by part
+        self.profiles: dict[str, dict] = {}  # by part: where a step's time goes (step_profile)
         # The pre-trained base, shared by the parts that start from it (not a timed cold cache).
         self.cache = tempfile.TemporaryDirectory(prefix="lora_core-benchmark-")
         self.cache_dir = self.cache.name
@@ -456,6 +460,7 @@ def part_sweep(res: Results, sc: Scale) -> None:
     def many():
         runs = lc.train_many(base, X2, y2, configs, seed=0, progress=False, **sched)
         histories["many"] = {tuple(run.config.values()): run.history for run in runs}
+        histories["layers"] = [run.layer for run in runs]
 
     def one_by_one():
         for cfg in subset:
@@ -478,6 +483,7 @@ def part_sweep(res: Results, sc: Scale) -> None:
             curve_diff(joint, alone),
             1e-4,
         )
+    res.profiles["sweep"] = step_profile(histories["layers"], base, X2, y2, sc)
     diverged = [k for k, h in histories["many"].items() if h.diverged]
     if diverged:
         res.notes.append(f"sweep: configs that diverged (still computed every step): {diverged}")
@@ -507,6 +513,55 @@ def part_sweep(res: Results, sc: Scale) -> None:
         [t * len(configs) for t in seed_t],
         note="seed-style timed on one adapter, scaled by 25",
     )
+
+
+def step_profile(layers, base, X, y, sc: Scale) -> dict:
+    """Where ``train_many``'s step spends its time: ``sc.profile_steps`` steps (gathers,
+    gradients, Adam) over the trained configs of the last round, under torch.profiler.
+
+    The profiler's own overhead inflates the small ops, so the rows are shares to compare,
+    and the step's wall time is taken apart, without the profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    stack = lc.fast.StackedAdapters(layers)
+    update = lc.fast.lean_step("adam", stack.parameters(), sc.lr)
+    target = lc.fast.frozen_residual(base, X, y)
+    gen = torch.Generator().manual_seed(1)
+    x_buf, t_buf = X.new_empty(sc.batch_size, X.shape[1]), target.new_empty(sc.batch_size, target.shape[1])
+
+    def steps(count):
+        for rows in torch.randint(X.shape[0], (count, sc.batch_size), generator=gen):
+            stack.set_grads(
+                torch.index_select(X, 0, rows, out=x_buf), torch.index_select(target, 0, rows, out=t_buf)
+            )
+            update()
+
+    steps(max(1, sc.profile_steps // 4))  # the workspace made, the reference picked
+    start = time.perf_counter()
+    steps(sc.profile_steps)
+    wall = (time.perf_counter() - start) / sc.profile_steps
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        steps(sc.profile_steps)
+    events = prof.key_averages(group_by_input_shape=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    rows = [
+        {
+            "op": e.key,
+            "shapes": str(e.input_shapes),
+            "us_per_step": e.self_cpu_time_total / sc.profile_steps,
+            "calls_per_step": e.count / sc.profile_steps,
+            "share": e.self_cpu_time_total / total,
+        }
+        for e in sorted(events, key=lambda e: -e.self_cpu_time_total)
+    ]
+    reference = stack.reference
+    return {
+        "steps": sc.profile_steps,
+        "wall_ms_per_step": wall * 1e3,
+        "ops_per_step": sum(e.count for e in events) / sc.profile_steps,
+        "reference_rank": None if reference is None else int(stack.ranks[reference]),
+        "ops": rows,  # every operator and shape, largest first
+    }
 
 
 def part_scaling(res: Results, sc: Scale) -> None:
@@ -812,6 +867,26 @@ def markdown(res: Results, env: dict, sc: Scale, command: str) -> str:
             lines.append(
                 f"| {part} | {name} | {s['median']:.4g} | {s['min']:.4g} | {s['max']:.4g} | {s['n']} |"
             )
+    for part, prof in res.profiles.items():
+        rank = "none" if prof["reference_rank"] is None else f"r = {prof['reference_rank']}"
+        lines += [
+            "",
+            f"## Where a `train_many` step's time goes (part {part}: the last round's trained "
+            f"configs, {prof['steps']} steps under torch.profiler)",
+            "",
+            f"{prof['wall_ms_per_step']:.2f} ms per step without the profiler; "
+            f"{prof['ops_per_step']:.0f} operator calls per step; reference at the end: {rank}. "
+            "Self CPU time per step, the 12 largest (benchmark.json has every operator; the "
+            "profiler inflates the small ops: read the shares).",
+            "",
+            "| operator | input shapes | µs per step | calls per step | share |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {row['op']} | {row['shapes']} | {row['us_per_step']:.1f} | "
+            f"{row['calls_per_step']:.1f} | {100 * row['share']:.1f} % |"
+            for row in prof["ops"][:12]
+        ]
     notes = res.notes + list(peers.missing.values())
     if notes:
         lines += ["", "## Notes", ""] + [f"- {note}" for note in notes]
@@ -863,6 +938,7 @@ def run_part(res: Results, part: str, args) -> None:
     res.notes += record["notes"]
     res.load.update(record["load"])
     res.memory.update(record["memory"])
+    res.profiles.update(record["profiles"])
 
 
 def _memory_text(memory: dict | None) -> str:
@@ -916,7 +992,7 @@ def main(argv=None) -> int:
         RUNNERS[parts[0]](res, sc)
         res.load[parts[0]] = [before, os.getloadavg()[0]]
         res.memory[parts[0]] = peak_memory()
-        fields = ("checks", "timings", "ratios", "notes", "load", "memory")
+        fields = ("checks", "timings", "ratios", "notes", "load", "memory", "profiles")
         Path(args.part_record).write_text(json.dumps({k: getattr(res, k) for k in fields}))
         return 0
     for part in parts:
@@ -939,6 +1015,7 @@ def main(argv=None) -> int:
         "ratios": res.ratios,
         "notes": res.notes + list(peers.missing.values()),
         "memory_mib": res.memory,
+        "profiles": res.profiles,
         "timings": {
             part: {name: {"samples": ts, **summary(ts)} for name, ts in times.items()}
             for part, times in res.timings.items()

@@ -88,6 +88,21 @@ def test_every_part_reports_its_peak_memory(quick_run):
     assert "Peak resident memory by part" in table
 
 
+def test_the_sweep_part_profiles_train_manys_step(quick_run):
+    _, output = quick_run
+    prof = json.loads((output / "benchmark.json").read_text())["profiles"]["sweep"]
+    assert prof["steps"] == 8 and prof["wall_ms_per_step"] > 0
+    assert prof["reference_rank"] in (None, 1, 2, 4, 8, 16)
+    ops = prof["ops"]
+    assert [row["us_per_step"] for row in ops] == sorted((row["us_per_step"] for row in ops), reverse=True)
+    assert sum(row["share"] for row in ops) == pytest.approx(1.0)
+    # The step's four thin matmuls, the stacked width Σr = 155 in their shapes, once a step each.
+    matmuls = [row for row in ops if row["op"] == "aten::mm" and "155" in row["shapes"]]
+    assert len(matmuls) >= 4 and all(row["calls_per_step"] >= 1 for row in matmuls)
+    assert any(row["op"] == "aten::_fused_adam_" for row in ops)
+    assert "Where a `train_many` step's time goes" in (output / "benchmark.md").read_text()
+
+
 def test_unknown_parts_are_refused():
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.run", "--only", "stepp"],
