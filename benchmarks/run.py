@@ -530,7 +530,7 @@ def step_profile(layers, base, X, y, sc: Scale) -> dict:
     x_buf, t_buf = X.new_empty(sc.batch_size, X.shape[1]), target.new_empty(sc.batch_size, target.shape[1])
 
     def steps(count):
-        for rows in torch.randint(X.shape[0], (count, sc.batch_size), generator=gen):
+        for rows in lc.training.batch_indices(X.shape[0], count, sc.batch_size, "with_replacement", gen):
             stack.set_grads(
                 torch.index_select(X, 0, rows, out=x_buf), torch.index_select(target, 0, rows, out=t_buf)
             )
