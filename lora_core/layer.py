@@ -110,15 +110,19 @@ class LoRALinear(nn.Module):
         return self.base.out_features
 
     def reset_lora_parameters(self) -> None:
+        # A is drawn on the CPU whatever the layer's device, then copied there: a GPU's
+        # generator draws other numbers for the same seed, so drawing on the device would
+        # make a CUDA run a different draw from the CPU run (and its baseline) altogether.
         with torch.no_grad():
             if self.init == "gaussian":
-                self.A.normal_(0.0, 1.0)
+                draw = torch.empty(self.in_features, self.r, dtype=self.A.dtype).normal_(0.0, 1.0)
             else:
                 # Drawn in loralib's (r, d_in) layout: fan_in is d_in, and the same seed
                 # gives the same numbers as loralib's and PEFT's lora_A.weight (= Aᵀ).
-                weight = torch.empty(self.r, self.in_features, dtype=self.A.dtype, device=self.A.device)
+                weight = torch.empty(self.r, self.in_features, dtype=self.A.dtype)
                 nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
-                self.A.copy_(weight.T)
+                draw = weight.T
+            self.A.copy_(draw)
             self.B.zero_()
 
     def _hidden(self, x: torch.Tensor) -> torch.Tensor:

@@ -77,6 +77,32 @@ def test_kaiming_init_matches_loralib_layout_reference():
     assert torch.equal(layer.A, reference.T)
 
 
+@pytest.mark.parametrize("init", ["gaussian", "kaiming"])
+def test_a_is_drawn_from_the_cpu_generator_whatever_the_base_device(init):
+    # A base on the meta device stands in for a GPU here: a draw made on the layer's
+    # device would leave the CPU generator untouched.
+    on_meta, on_cpu = nn.Linear(11, 7, device="meta"), nn.Linear(11, 7)
+    torch.manual_seed(5)
+    LoRALinear(on_meta, r=4, lora_alpha=1.0, init=init)
+    after_meta = torch.randn(3)
+    torch.manual_seed(5)
+    LoRALinear(on_cpu, r=4, lora_alpha=1.0, init=init)
+    assert torch.equal(after_meta, torch.randn(3))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("init", ["gaussian", "kaiming"])
+def test_the_same_seed_gives_the_same_adapter_on_cuda_as_on_the_cpu(init):
+    cpu_base = nn.Linear(11, 7)
+    cuda_base = nn.Linear(11, 7).cuda()
+    torch.manual_seed(5)
+    on_cpu = LoRALinear(cpu_base, r=4, lora_alpha=1.0, init=init)
+    torch.manual_seed(5)
+    on_cuda = LoRALinear(cuda_base, r=4, lora_alpha=1.0, init=init)
+    assert on_cuda.A.device.type == "cuda"
+    assert torch.equal(on_cuda.A.cpu(), on_cpu.A)
+
+
 def test_merge_then_unmerge_restores_weight_and_merged_forward_matches():
     layer = _layer()
     with torch.no_grad():
