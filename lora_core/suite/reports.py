@@ -144,14 +144,17 @@ LOCK_FILE = "requirements.lock"  # at the repository root; see scripts/lock.sh
 def environment_info(device: Any = None) -> dict:
     """Where a run ran: versions, platform, device, torch threads, git commit, UTC time.
 
-    ``device`` is the device the run used; when not given, the one torch would pick.
+    ``device`` is the device the run used; when not given (or ``"auto"``), the one
+    ``resolve_device("auto")`` picks, so that the record names a real device.
     ``lock_sha256`` is the hash of the checkout's lock file (None outside a checkout): equal
     hashes and ``git_dirty`` false mean the run's environment was meant to be the locked one.
     """
     import torch
 
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device is None or device == "auto":
+        from lora_core.training import resolve_device
+
+        device = resolve_device("auto")
     device = str(device)
     info = {
         "lora_core": _package_version(),

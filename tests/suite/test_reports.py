@@ -121,6 +121,14 @@ def test_environment_info_records_versions_device_threads_and_utc_time():
     json.dumps(info)  # goes into metrics.json as it is
 
 
+def test_environment_info_records_the_device_auto_resolves_to():
+    from lora_core.training import resolve_device
+
+    picked = str(resolve_device("auto"))
+    assert reports.environment_info(device="auto")["device"] == picked
+    assert reports.environment_info()["device"] == picked
+
+
 def test_write_metrics_fills_the_environment_when_not_given(tmp_path):
     reports.write_metrics(tmp_path, "nb", {}, {"loss": 1.0})
     assert reports.read_metrics(tmp_path)["environment"]["torch"] == torch.__version__
