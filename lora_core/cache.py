@@ -22,7 +22,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -99,31 +101,26 @@ def pretrain_base(
     the original timings).
     """
     check_data(X, y)
-    dev = resolve_device(device)
-    schedule = dict(
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        optimizer=optimizer,
-        sampling=sampling,
-        eval_every=eval_every,
-        seed=seed,
-    )
-    path = None
-    if cache:
-        path = _cache_path("base", cache_key(X, y, {**schedule, "device": dev.type}), cache_dir)
-        cached = _load(path)
-        if cached is not None and tuple(cached[0]["weight"].shape) == (y.shape[1], X.shape[1]):
-            base = nn.Linear(X.shape[1], y.shape[1], bias=False)
-            base.load_state_dict(cached[0])
-            return base.to(dev), cached[1]
+    schedule = dict(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer)
+    schedule.update(sampling=sampling, eval_every=eval_every, seed=seed)
+    d_in, d_out = X.shape[1], y.shape[1]
 
-    seed_everything(seed)
-    base = nn.Linear(X.shape[1], y.shape[1], bias=False)
-    history = train(base, X, y, device=dev, progress=progress, **schedule)
-    if path is not None:
-        _save(path, base.state_dict(), history)
-    return base, history
+    def build() -> nn.Linear:
+        seed_everything(seed)
+        return nn.Linear(d_in, d_out, bias=False)
+
+    return _pretrained(
+        "base",
+        X,
+        y,
+        schedule,
+        device,
+        progress,
+        cache,
+        cache_dir,
+        build=build,
+        empty=lambda: nn.Linear(d_in, d_out, bias=False),
+    )
 
 
 def pretrain_transformer(
@@ -149,32 +146,61 @@ def pretrain_transformer(
     """
     check_data(X, y)
     config = config or TransformerConfig()
-    dev = resolve_device(device)
-    schedule = dict(
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        optimizer=optimizer,
-        sampling=sampling,
-        eval_every=eval_every,
-        seed=seed,
+    schedule = dict(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer)
+    schedule.update(sampling=sampling, eval_every=eval_every, seed=seed)
+    return _pretrained(
+        "transformer",
+        X,
+        y,
+        schedule,
+        device,
+        progress,
+        cache,
+        cache_dir,
+        build=lambda: build_transformer(config, seed),
+        empty=lambda: TinyTransformer(config),
+        key_extra={"model": config_dict(config)},
+        code=TRANSFORMER_CODE,
+        loss="cross_entropy",
     )
+
+
+def _pretrained(
+    kind: str,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    schedule: dict,
+    device: str | torch.device,
+    progress: bool,
+    cache: bool,
+    cache_dir: str | os.PathLike | None,
+    build: Callable[[], nn.Module],
+    empty: Callable[[], nn.Module],
+    key_extra: dict | None = None,
+    code: tuple[str, ...] = TRAINING_CODE,
+    loss: str = "mse",
+) -> tuple[nn.Module, History]:
+    """The model ``build()`` makes, trained on (X, y) with ``schedule``, or the one stored
+    under the same key, loaded into ``empty()``: the shared body of the pretrain_* functions."""
+    dev = resolve_device(device)
     path = None
     if cache:
-        settings = {**schedule, "model": config_dict(config), "device": dev.type}
-        path = _cache_path("transformer", cache_key(X, y, settings, TRANSFORMER_CODE), cache_dir)
+        settings = {**schedule, **(key_extra or {}), "device": dev.type}
+        path = _cache_path(kind, cache_key(X, y, settings, code), cache_dir)
         cached = _load(path)
         if cached is not None:
-            model = TinyTransformer(config)
+            model = empty()
             try:
                 model.load_state_dict(cached[0])
             except RuntimeError as err:  # a file whose names or shapes are not this model's
-                _warn(f"ignoring cached model {path} that does not fit this model ({err}); training it again")
+                _warn(
+                    f"ignoring cached {kind} {path} that does not fit this model ({err}); training it again"
+                )
             else:
                 return model.to(dev), cached[1]
 
-    model = build_transformer(config, seed)
-    history = train(model, X, y, device=dev, progress=progress, loss="cross_entropy", **schedule)
+    model = build()
+    history = train(model, X, y, device=dev, progress=progress, loss=loss, **schedule)
     if path is not None:
         _save(path, model.state_dict(), history)
     return model, history
@@ -245,9 +271,13 @@ def _load_data(
 # The files: tensors, the History, and a checksum of the tensors
 
 
-def _warn(message: str, stacklevel: int = 4) -> None:
-    # stacklevel 4: pretrain_* -> _load -> _warn -> warn; point at pretrain_*'s caller.
-    warnings.warn(message, stacklevel=stacklevel)
+def _warn(message: str) -> None:
+    # Point the warning at the first caller outside this module, however deep the cache's
+    # own calls go (pretrain_* -> _pretrained -> _save -> _write -> _warn, say).
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_code.co_filename == __file__:
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, stacklevel=level)
 
 
 def tensors_checksum(tensors: dict[str, torch.Tensor]) -> str:
@@ -282,7 +312,7 @@ def _write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str
         os.replace(tmp, path)
     except (OSError, SafetensorError) as err:
         # What was computed is in memory: losing the cache must not lose the run.
-        _warn(f"cannot write the cache file {path} ({err}); going on without caching", stacklevel=5)
+        _warn(f"cannot write the cache file {path} ({err}); going on without caching")
         try:
             tmp.unlink(missing_ok=True)
         except OSError:

@@ -53,8 +53,9 @@ def test_a_corrupt_cache_file_is_retrained_with_a_warning(tmp_path, data):
     lc.pretrain_base(*data, cache_dir=tmp_path, **SETTINGS)
     (path,) = tmp_path.glob("base-*.safetensors")
     path.write_bytes(b"not a safetensors file")
-    with pytest.warns(UserWarning, match="unreadable cached base"):
+    with pytest.warns(UserWarning, match="unreadable cached base") as caught:
         base, history = lc.pretrain_base(*data, cache_dir=tmp_path, **SETTINGS)
+    assert caught[0].filename == __file__  # the warning points at the caller
     assert not history.settings.get("from_cache")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -108,8 +109,9 @@ def test_a_cache_path_that_is_a_file_warns_and_trains_anyway(tmp_path, data, mon
     blocker.write_text("")
     monkeypatch.setenv("LORA_CORE_CACHE", str(blocker))
     expected, _ = lc.pretrain_base(*data, cache=False, **SETTINGS)
-    with pytest.warns(UserWarning, match="going on without caching"):
+    with pytest.warns(UserWarning, match="going on without caching") as caught:
         base, history = lc.pretrain_base(*data, **SETTINGS)
+    assert caught[0].filename == __file__
     assert torch.equal(base.weight, expected.weight) and len(history.frame) == SETTINGS["epochs"]
 
 
@@ -153,3 +155,17 @@ def test_the_transformer_key_covers_its_sizes_and_its_code(tmp_path):
     assert {"models.py", "sequences.py", "training.py"} <= set(TRANSFORMER_CODE)
     settings = {"epochs": 2}
     assert cache_key(X, y, settings, TRAINING_CODE) != cache_key(X, y, settings, TRANSFORMER_CODE)
+
+
+def test_a_cached_file_that_does_not_fit_the_model_is_retrained_with_a_warning(tmp_path):
+    from lora_core.cache import _save
+
+    X, y = lc.make_sequences("previous", 64, 6, 6, seed=0)
+    model, history = lc.pretrain_transformer(X, y, TINY, cache_dir=tmp_path, **TINY_SETTINGS)
+    (path,) = tmp_path.glob("transformer-*.safetensors")
+    _save(path, {"weight": torch.zeros(2, 2)}, history)  # intact, but another model's weights
+    with pytest.warns(UserWarning, match="does not fit this model") as caught:
+        again, retrained = lc.pretrain_transformer(X, y, TINY, cache_dir=tmp_path, **TINY_SETTINGS)
+    assert caught[0].filename == __file__
+    assert not retrained.settings.get("from_cache")
+    assert lc.weights_checksum(again) == lc.weights_checksum(model)
