@@ -42,7 +42,7 @@ from .execute import (
 )
 from .regression import check_metrics
 from .reports import BASELINES_DIR, build_index, write_json_atomic
-from .sweep import parse_assignment, run_sweep
+from .sweep import check_device_here, parse_assignment, run_sweep
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = ("01_rank1_recovery", "02_rank_sweep", "03_alpha_sweep", "04_sweep_report", "05_transformer")
@@ -293,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"--param {text!r}: {key} is already given by {given}; give it once")
             params[key] = value
         check_plan(args.notebooks, params, args.only)
+        check_device_here(params["device"], f"--device {params['device']}")
     except (ValueError, argparse.ArgumentTypeError) as err:
         parser.error(str(err))
     return reproduce(args.notebooks, args.reports, params, args.only, args.jobs, args.baselines)

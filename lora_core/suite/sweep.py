@@ -654,6 +654,19 @@ def load_sweep(output_dir: str | Path) -> pd.DataFrame:
 # Command line
 
 
+def check_device_here(device: Any, option: str) -> None:
+    """Refuse, before any kernel starts, a torch device this machine does not have: each
+    run would otherwise start, import torch and fail on it, one after another."""
+    if str(device) in ("cpu", "auto"):
+        return  # always there; the check below imports torch
+    from ..training import resolve_device
+
+    try:
+        resolve_device(str(device))
+    except ValueError as err:
+        raise ValueError(f"{option}: {err}") from None
+
+
 def parse_assignment(text: str, option: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     if not sep or not name.strip():
@@ -709,6 +722,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(
                 f"--jobs {args.jobs} with --dask is not allowed: the cluster's workers run the configs"
             )
+        if args.dask is None:  # a cluster's workers may have devices this machine lacks
+            for device in grid.get("device", [fixed["device"]] if "device" in fixed else []):
+                check_device_here(device, f"device={device}")
         with contextlib.ExitStack() as stack:
             executor = None
             if args.dask is not None:

@@ -3,6 +3,7 @@
 lora-sweep: the same --grid axis twice, or a name given as both --grid and --param.
 python -m lora_core reproduce: a --param that no selected notebook declares (a typo), a
 value of the wrong type, the same name twice, or a sweep axis of notebook 04's sweep.
+Both: a torch device this machine does not have (on a local route).
 Each exits with status 2, a one-line message naming the value, and an untouched folder.
 """
 
@@ -78,3 +79,28 @@ def test_reproduce_accepts_a_name_declared_by_any_selected_notebook_only(tmp_pat
     assert "notebook 04's sweep runs notebook 01 over r" in refused(reproduce.main, argv, capsys)
     notebooks = REPO / "notebooks"
     reproduce.check_plan(notebooks, {"device": "cpu", "n": "400", "shift_rank": "2"}, None)
+
+
+NOTEBOOK_01 = REPO / "notebooks" / "01_rank1_recovery.ipynb"
+MISSING = "cuda:99"  # no machine has a hundredth GPU, so this is refused everywhere
+
+
+@pytest.mark.parametrize("options", [["--param", f"device={MISSING}"], ["--grid", f"device=cpu,{MISSING}"]])
+def test_sweep_refuses_a_device_this_machine_lacks_before_any_config_starts(tmp_path, capsys, options):
+    out = tmp_path / "sweep"
+    message = refused(sweep.main, [str(NOTEBOOK_01), "--output", str(out), *options], capsys)
+    assert f"device={MISSING}: device='{MISSING}' is not allowed: it is not available" in message
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("device", "allowed"), [(MISSING, "it is not available"), ("tpu", "expected 'auto'")]
+)
+def test_reproduce_refuses_a_device_this_machine_lacks_before_any_notebook_starts(
+    tmp_path, capsys, device, allowed
+):
+    reports = tmp_path / "reports"
+    argv = ["reproduce", "--device", device, "--reports", str(reports)]
+    message = refused(reproduce.main, argv, capsys)
+    assert f"--device {device}: device='{device}' is not allowed: {allowed}" in message
+    assert not reports.exists()
