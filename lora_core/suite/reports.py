@@ -152,7 +152,7 @@ def environment_info(device: Any = None) -> dict:
     import torch
 
     if device is None or device == "auto":
-        from lora_core.training import resolve_device
+        from ..training import resolve_device
 
         device = resolve_device("auto")
     device = str(device)
