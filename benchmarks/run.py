@@ -527,14 +527,10 @@ def step_profile(layers, base, X, y, sc: Scale) -> dict:
     update = lc.fast.lean_step("adam", stack.parameters(), sc.lr)
     target = lc.fast.frozen_residual(base, X, y)
     gen = torch.Generator().manual_seed(1)
-    x_buf, t_buf = X.new_empty(sc.batch_size, X.shape[1]), target.new_empty(sc.batch_size, target.shape[1])
 
     def steps(count):
-        for rows in lc.training.batch_indices(X.shape[0], count, sc.batch_size, "with_replacement", gen):
-            stack.set_grads(
-                torch.index_select(X, 0, rows, out=x_buf), torch.index_select(target, 0, rows, out=t_buf)
-            )
-            update()
+        batches = lc.training.batch_indices(X.shape[0], count, sc.batch_size, "with_replacement", gen)
+        stack.run_steps(X, target, batches, update)
 
     steps(max(1, sc.profile_steps // 4))  # the workspace made, the reference picked
     start = time.perf_counter()

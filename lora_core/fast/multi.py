@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -121,6 +122,7 @@ class StackedAdapters:
         self.ranks = np.array([layer.r for layer in layers])
         self._work: dict | None = None  # the step's working tensors, see _workspace
         self._forms: dict = {}
+        self._batch: tuple | None = None  # run_steps' (key, x, t) minibatch buffers
 
     def parameters(self) -> list[nn.Parameter]:
         return [self.A, self.B] + ([self.scale] if self.scale is not None else [])
@@ -203,6 +205,26 @@ class StackedAdapters:
         if self.scale is None:
             self._forms = forms
         return forms
+
+    def run_steps(
+        self, X: torch.Tensor, target: torch.Tensor, batches: torch.Tensor, update: Callable[[], None]
+    ) -> torch.Tensor:
+        """One step per row of ``batches`` (the row indices of each minibatch): the
+        gradients of every config on (X, target)'s rows, then ``update()``. Returns the
+        sum of the steps' minibatch losses per config (count,), in float64."""
+        size = batches.shape[1]
+        key = (size, X.shape[1], target.shape[1], X.dtype, target.dtype, X.device)
+        if self._batch is None or self._batch[0] != key:
+            # Gathered into the same two buffers every step: a fresh 0.5 MB minibatch per
+            # step is a fresh allocation, which page faults as often as not.
+            self._batch = key, X.new_empty(size, X.shape[1]), target.new_empty(size, target.shape[1])
+        _, x_buf, t_buf = self._batch
+        total = torch.zeros(self.count, dtype=torch.float64, device=X.device)
+        for rows in batches:
+            x = torch.index_select(X, 0, rows, out=x_buf)
+            total += self.set_grads(x, torch.index_select(target, 0, rows, out=t_buf))
+            update()
+        return total
 
     @torch.no_grad()
     def set_grads(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -414,18 +436,9 @@ def train_many(
     gen = torch.Generator().manual_seed(seed)
     n, steps = X.shape[0], X.shape[0] // settings["batch_size"]
     running = np.ones(len(configs), dtype=bool)
-    x_buf = X.new_empty(settings["batch_size"], X.shape[1])
-    t_buf = target.new_empty(settings["batch_size"], target.shape[1])
     for epoch in tqdm(range(1, settings["epochs"] + 1), desc="epochs", disable=not progress, leave=False):
         idx = training.batch_indices(n, steps, settings["batch_size"], settings["sampling"], gen).to(dev)
-        epoch_losses = torch.zeros(len(configs), dtype=torch.float64, device=dev)
-        for rows in idx:
-            # Gathered into the same two buffers every step: a fresh 0.5 MB minibatch per
-            # step is a fresh allocation, which page faults as often as not.
-            x = torch.index_select(X, 0, rows, out=x_buf)
-            epoch_losses += stack.set_grads(x, torch.index_select(target, 0, rows, out=t_buf))
-            update()
-        train_losses = epoch_losses.cpu().numpy() / steps
+        train_losses = stack.run_steps(X, target, idx, update).cpu().numpy() / steps
         evaluate = epoch % settings["eval_every"] == 0 or epoch == settings["epochs"]
         eval_losses = stack.full_losses(X, target) if evaluate else None
         for i in np.flatnonzero(running):
