@@ -17,7 +17,6 @@ import json
 import multiprocessing
 import numbers
 import os
-import shutil
 import signal
 import sys
 import tempfile
@@ -29,15 +28,15 @@ from typing import Any
 
 import nbformat
 import papermill
-from jupyter_client.kernelspec import KernelSpec, KernelSpecManager, NoSuchKernel
-from jupyter_client.manager import AsyncKernelManager, KernelManager
+from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
+from jupyter_client.manager import AsyncKernelManager
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from papermill.exceptions import PapermillExecutionError
 from traitlets import default
 from traitlets.config import Config
 
 from ..validation import check_float
-from . import reports
+from . import kernels, reports
 from .reports import METRICS_FILE
 
 # ---------------------------------------------------------------------------------------
@@ -315,7 +314,8 @@ def _failed_cell(executed: Path) -> tuple[int | None, str | None]:
 
 
 class _ThisInterpreterSpecs(KernelSpecManager):
-    """Kernel specs in which every name means an ipykernel on this very interpreter."""
+    """Kernel specs in which every name means an ipykernel on this very interpreter,
+    forked from a kernel server where it can be (``kernels.WarmProvisioner``)."""
 
     def get_kernel_spec(self, kernel_name: str) -> KernelSpec:
         return KernelSpec(
@@ -323,6 +323,7 @@ class _ThisInterpreterSpecs(KernelSpecManager):
             display_name=f"Python ({sys.executable})",
             language="python",
             name=kernel_name,
+            metadata={"kernel_provisioner": {"provisioner_name": kernels.PROVISIONER_NAME}},
         )
 
 
@@ -333,12 +334,12 @@ class _ThisInterpreterKernelManager(AsyncKernelManager):
 
 
 def _kernel_options(kernel_name: str | None) -> dict[str, Any]:
-    """papermill keyword arguments that run the kernel on this Python interpreter.
+    """papermill keyword arguments that run the kernel on this Python interpreter, or on
+    the kernel spec ``kernel_name`` when one is named.
 
-    The "python3" kernel spec is used as it is when it resolves to this interpreter (as
-    the one ipykernel installs in an environment does); a spec pointing elsewhere (a
-    user-wide install, another environment) is bypassed, since the notebooks need the
-    packages of the environment the sweep runs in.
+    The kernel of this interpreter is the one the notebooks need (a "python3" spec may
+    point at another environment), and it is forked from a warm kernel server where it
+    can be (``kernels``): a fresh process per run either way.
     """
     # IPC sockets rather than TCP ports: no port to race for when many kernels start at
     # once, no port scan, and no "running over TCP without encryption" warning per run.
@@ -353,11 +354,5 @@ def _kernel_options(kernel_name: str | None) -> dict[str, Any]:
     }
     if kernel_name is not None:
         return {**options, "kernel_name": kernel_name}
-    try:
-        command = KernelManager(kernel_name="python3").format_kernel_cmd()[0]
-    except NoSuchKernel:
-        command = None
-    if command and os.path.abspath(shutil.which(command) or command) == os.path.abspath(sys.executable):
-        return {**options, "kernel_name": "python3"}
     # nbclient builds its kernel manager from this class, which knows one spec: ours.
     return {**options, "kernel_name": "python3", "kernel_manager_class": _ThisInterpreterKernelManager}

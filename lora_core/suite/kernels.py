@@ -1,0 +1,264 @@
+"""Warm kernels: a fresh kernel for every run, without paying its imports every time.
+
+Every notebook run gets a kernel of its own, so that no run sees another's state. A new
+kernel is a new interpreter: it imports ipykernel before its first cell and torch and
+pandas in it, about 2.5 s of a 10 s sweep config at seed scale, all on one core. Here a
+*kernel server*, a process of this interpreter that has made those imports and runs no
+other code, forks each kernel: a new process that starts ipykernel as ``python -m
+ipykernel_launcher`` would, with the imports already made. The same idea as
+``multiprocessing``'s forkserver, and as safe: the server holds no state of any run.
+
+``WarmProvisioner`` is a jupyter_client kernel provisioner (registered as
+``lora-core-warm``). It launches the kernel through a server when
+
+- the platform forks (Linux),
+- the command is ipykernel on this interpreter, and
+- ``LORA_CORE_WARM_KERNELS`` is not ``0``;
+
+otherwise, and whenever the server fails, it launches the kernel as jupyter_client
+always does. One server serves one environment: libraries read some variables when they
+load (``OMP_NUM_THREADS``, glibc's ``MALLOC_*``), so a kernel asking for other values
+than a server was started with gets a server of its own.
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+from typing import Any
+
+from jupyter_client.connect import KernelConnectionInfo
+from jupyter_client.provisioning import LocalProvisioner
+
+PROVISIONER_NAME = "lora-core-warm"
+SWITCH = "LORA_CORE_WARM_KERNELS"
+# What the suite's notebooks import. pyplot chooses no backend when imported; the backend
+# module itself, which hooks into the running IPython when imported, is left to the kernel.
+WARM_MODULES = (
+    "ipykernel.kernelapp",
+    "numpy",
+    "pandas",
+    "torch",
+    "matplotlib.pyplot",
+    "lora_core",
+    "lora_core.suite.notebook",
+    "lora_core.suite.plotting",
+)
+# The backend a kernel sets when the environment names none; matplotlib reads it on import.
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+# Set per launch by jupyter_client and replaced in the child: not a reason for a server
+# of its own.
+PER_LAUNCH = ("JPY_PARENT_PID", "JPY_SESSION_NAME")
+
+
+def enabled() -> bool:
+    return hasattr(os, "fork") and sys.platform == "linux" and os.environ.get(SWITCH, "1") != "0"
+
+
+# ---------------------------------------------------------------------------------------
+# The client side: one server per environment, started on first use
+
+
+class _Server:
+    """A running kernel server: ``fork`` returns a new kernel's pid."""
+
+    def __init__(self, env: dict[str, str]):
+        self.lock = threading.Lock()
+        # Its stdout answers requests; its stderr, and its kernels', is ours.
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", __name__],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+        self._expect("ready")
+
+    def _expect(self, word: str) -> dict:
+        line = self.process.stdout.readline()
+        if not line:
+            raise OSError(f"the kernel server exited with code {self.process.wait()}")
+        answer = json.loads(line)
+        if word not in answer:
+            raise OSError(f"the kernel server answered {answer!r}")
+        return answer
+
+    def fork(self, argv: list[str], cwd: str, env: dict[str, str]) -> int:
+        with self.lock:
+            request = json.dumps({"argv": argv, "cwd": cwd, "env": env})
+            self.process.stdin.write(request.encode() + b"\n")
+            self.process.stdin.flush()
+            return int(self._expect("pid")["pid"])
+
+    def close(self) -> None:
+        # End of input ends the server; its kernels live on until their managers stop them.
+        if self.process.poll() is None:
+            self.process.stdin.close()
+            self.process.wait()
+
+
+_servers: dict[tuple, _Server] = {}
+_servers_lock = threading.Lock()
+
+
+def _server_for(env: dict[str, str]) -> _Server:
+    key = tuple(sorted((k, v) for k, v in env.items() if k not in PER_LAUNCH))
+    with _servers_lock:
+        server = _servers.get(key)
+        if server is None or server.process.poll() is not None:
+            server = _servers[key] = _Server({k: v for k, v in env.items() if k not in PER_LAUNCH})
+        return server
+
+
+@atexit.register
+def close_servers() -> None:
+    """Stop every kernel server this process started (kernels already running go on)."""
+    with _servers_lock:
+        for server in _servers.values():
+            server.close()
+        _servers.clear()
+
+
+class _Forked:
+    """What ``LocalProvisioner`` asks of its ``subprocess.Popen``, for a forked kernel.
+
+    The kernel is the server's child, not ours, and the server reaps it: its exit
+    status is not known here, only that it has exited (reported as 0)."""
+
+    stdin = stdout = stderr = None
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                self.returncode = 0
+            except PermissionError:  # the pid was reused by another user's process
+                self.returncode = 0
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        import time
+
+        while self.poll() is None:
+            time.sleep(0.05)
+        return self.returncode
+
+    def send_signal(self, signum: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+
+def _is_this_ipykernel(cmd: list[str]) -> bool:
+    return (
+        len(cmd) >= 3
+        and os.path.realpath(cmd[0]) == os.path.realpath(sys.executable)
+        and cmd[1:3] == ["-m", "ipykernel_launcher"]
+    )
+
+
+class WarmProvisioner(LocalProvisioner):
+    """``LocalProvisioner``, with the kernel forked from a kernel server where it can be."""
+
+    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
+        if not (enabled() and _is_this_ipykernel(cmd)):
+            return await super().launch_kernel(cmd, **kwargs)
+        env = dict(kwargs.get("env") or os.environ)
+        cwd = str(kwargs.get("cwd") or os.getcwd())
+        try:
+            pid = _server_for(env).fork(cmd[3:], cwd, env)
+        except (OSError, ValueError) as err:
+            self.log.warning("Starting the kernel without a kernel server: %s", err)
+            return await super().launch_kernel(cmd, **kwargs)
+        self.process = _Forked(pid)
+        self.pid = self.pgid = pid  # the kernel leads a session of its own, as launched kernels do
+        self.cwd = cwd
+        return self.connection_info
+
+
+# ---------------------------------------------------------------------------------------
+# The server side
+
+
+def serve() -> None:
+    """Import ``WARM_MODULES``, then fork a kernel for every request read from stdin."""
+    os.environ.setdefault("MPLBACKEND", INLINE_BACKEND)
+    for name in WARM_MODULES:
+        importlib.import_module(name)
+    # Kernels are reaped as they exit; each one sets this back to the default.
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    # Answers go out on the pipe that was stdout; stdout itself, which the kernels
+    # inherit, becomes stderr, so that nothing a kernel prints can reach the pipe.
+    answers = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    print(json.dumps({"ready": os.getpid()}), file=answers, flush=True)
+    for line in sys.stdin:
+        request = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            answers.close()
+            _become_kernel(request)  # never returns
+        print(json.dumps({"pid": pid}), file=answers, flush=True)
+
+
+def _become_kernel(request: dict) -> None:
+    """In the forked child: become the kernel ``python -m ipykernel_launcher`` would start."""
+    code = 1
+    try:
+        os.setsid()
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        # The server's stdin carries requests: the kernel reads nothing, as when launched.
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
+        server_dir = os.getcwd()
+        os.chdir(request["cwd"])
+        # As `python -m` in that folder would have it: the folder first on sys.path.
+        if sys.path and sys.path[0] in ("", server_dir):
+            sys.path[0] = os.getcwd()
+        os.environ.clear()
+        os.environ.update(request["env"])
+        # The kernel's parent is this server: ipykernel exits when that changes. (Its
+        # default was read from the environment when the server imported it.)
+        parent = str(os.getppid())
+        os.environ["JPY_PARENT_PID"] = parent
+        # A new interpreter seeds these from the OS; a fork would share the server's state.
+        random.seed()
+        if "numpy" in sys.modules:
+            sys.modules["numpy"].random.seed()
+        import ipykernel_launcher  # noqa: F401  (what `-m ipykernel_launcher` runs)
+        from ipykernel import kernelapp
+
+        sys.argv = [ipykernel_launcher.__file__, *request["argv"], f"--IPKernelApp.parent_handle={parent}"]
+        kernelapp.launch_new_instance()
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+if __name__ == "__main__":
+    serve()
