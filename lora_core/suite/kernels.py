@@ -73,7 +73,7 @@ class _Server:
         self.lock = threading.Lock()
         # Its stdout answers requests; its stderr, and its kernels', is ours.
         self.process = subprocess.Popen(
-            [sys.executable, "-m", __name__],
+            [sys.executable, "-m", __name__, *WARM_MODULES],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
@@ -196,10 +196,10 @@ class WarmProvisioner(LocalProvisioner):
 # The server side
 
 
-def serve() -> None:
-    """Import ``WARM_MODULES``, then fork a kernel for every request read from stdin."""
+def serve(modules: list[str]) -> None:
+    """Import ``modules``, then fork a kernel for every request read from stdin."""
     os.environ.setdefault("MPLBACKEND", INLINE_BACKEND)
-    for name in WARM_MODULES:
+    for name in modules:
         importlib.import_module(name)
     # Kernels are reaped as they exit; each one sets this back to the default.
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
@@ -261,4 +261,4 @@ def _become_kernel(request: dict) -> None:
 
 
 if __name__ == "__main__":
-    serve()
+    serve(sys.argv[1:])
