@@ -23,6 +23,8 @@ from collections.abc import Iterator
 from concurrent.futures import Executor
 from pathlib import Path
 
+from .sweep import warm_worker
+
 _LOCAL = re.compile(r"local(?::(\d+))?")
 # Dask's default distributed.nanny.pre-spawn-environ, none of which a local cluster sets.
 _PRE_SPAWN = ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -88,6 +90,8 @@ def dask_executor(cluster: str) -> Iterator[Executor]:
                 "such as tcp://HOST:8786, or an existing scheduler file"
             )
         stack.enter_context(client)
+        # Each worker starts its kernel server now, with the cluster, not in its first config.
+        client.run(warm_worker)
         yield client.get_executor()
 
 

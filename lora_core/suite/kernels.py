@@ -28,10 +28,13 @@ import importlib
 import json
 import os
 import random
+import runpy
+import select
 import signal
 import subprocess
 import sys
 import threading
+import time
 from typing import Any
 
 from jupyter_client.connect import KernelConnectionInfo
@@ -53,6 +56,7 @@ WARM_MODULES = (
 )
 # The backend a kernel sets when the environment names none; matplotlib reads it on import.
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+ANSWER_TIMEOUT = 120.0  # seconds a server may take to import, or to fork a kernel
 # Set per launch by jupyter_client and replaced in the child: not a reason for a server
 # of its own.
 PER_LAUNCH = ("JPY_PARENT_PID", "JPY_SESSION_NAME")
@@ -81,6 +85,10 @@ class _Server:
         self._expect("ready")
 
     def _expect(self, word: str) -> dict:
+        # A server that hangs (in an import, say) must not hang the run: it is given up.
+        if not select.select([self.process.stdout], [], [], ANSWER_TIMEOUT)[0]:
+            self.process.kill()
+            raise OSError(f"the kernel server did not answer within {ANSWER_TIMEOUT} s")
         line = self.process.stdout.readline()
         if not line:
             raise OSError(f"the kernel server exited with code {self.process.wait()}")
@@ -103,17 +111,36 @@ class _Server:
             self.process.wait()
 
 
-_servers: dict[tuple, _Server] = {}
+_servers: dict[tuple, _Server | OSError] = {}
 _servers_lock = threading.Lock()
 
 
 def _server_for(env: dict[str, str]) -> _Server:
-    key = tuple(sorted((k, v) for k, v in env.items() if k not in PER_LAUNCH))
+    """The running server for ``env``, started if there is none; an OSError if it cannot
+    start (then, for this environment, it is not tried again)."""
+    env = {k: v for k, v in env.items() if k not in PER_LAUNCH}
+    key = tuple(sorted(env.items()))
     with _servers_lock:
         server = _servers.get(key)
+        if isinstance(server, OSError):
+            raise server
         if server is None or server.process.poll() is not None:
-            server = _servers[key] = _Server({k: v for k, v in env.items() if k not in PER_LAUNCH})
+            try:
+                server = _servers[key] = _Server(env)
+            except OSError as err:
+                _servers[key] = err
+                raise
         return server
+
+
+def warm_up() -> None:
+    """Start this process's kernel server for its environment now, so that its first
+    kernel does not wait for the imports (a Dask worker, say, as it joins a sweep)."""
+    if enabled():
+        try:
+            _server_for(dict(os.environ))
+        except OSError:
+            pass  # its kernels are launched as usual, with a warning then
 
 
 @atexit.register
@@ -121,7 +148,8 @@ def close_servers() -> None:
     """Stop every kernel server this process started (kernels already running go on)."""
     with _servers_lock:
         for server in _servers.values():
-            server.close()
+            if isinstance(server, _Server):
+                server.close()
         _servers.clear()
 
 
@@ -148,8 +176,6 @@ class _Forked:
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
-        import time
-
         while self.poll() is None:
             time.sleep(0.05)
         return self.returncode
@@ -229,7 +255,7 @@ def _become_kernel(request: dict) -> None:
         os.close(devnull)
         server_dir = os.getcwd()
         os.chdir(request["cwd"])
-        # As `python -m` in that folder would have it: the folder first on sys.path.
+        # As `python -m` started in that folder would have it: the folder first on sys.path.
         if sys.path and sys.path[0] in ("", server_dir):
             sys.path[0] = os.getcwd()
         os.environ.clear()
@@ -242,11 +268,11 @@ def _become_kernel(request: dict) -> None:
         random.seed()
         if "numpy" in sys.modules:
             sys.modules["numpy"].random.seed()
-        import ipykernel_launcher  # noqa: F401  (what `-m ipykernel_launcher` runs)
-        from ipykernel import kernelapp
-
-        sys.argv = [ipykernel_launcher.__file__, *request["argv"], f"--IPKernelApp.parent_handle={parent}"]
-        kernelapp.launch_new_instance()
+        if "torch" in sys.modules:
+            sys.modules["torch"].seed()
+        # Then exactly what `python -m ipykernel_launcher -f ...` runs, as __main__.
+        sys.argv = ["ipykernel_launcher", *request["argv"], f"--IPKernelApp.parent_handle={parent}"]
+        runpy.run_module("ipykernel_launcher", run_name="__main__", alter_sys=True)
         code = 0
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)

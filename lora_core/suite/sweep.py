@@ -70,6 +70,7 @@ from .execute import (
     terminate_pool,
     worker_pool,
 )
+from . import kernels
 from .notebook import UNRECORDED
 from .reports import METRICS_FILE, SUMMARY_FILE, SWEEP_FILE, build_index, write_text_atomic
 
@@ -196,13 +197,7 @@ def run_shipped_config(
     notebook travels as text and the files it wrote travel back as
     ``outcome["files"]`` (path relative to the config folder -> bytes).
     """
-    # A Dask worker's nanny sets glibc's trim threshold before it starts the worker, to hand
-    # memory back to the OS; a kernel that inherits it trains about 1.7x slower (with the
-    # threshold set, every temporary above 128 KiB is mapped and unmapped anew), and the
-    # worker itself has long since read it. Popping is idempotent, so concurrent configs on
-    # one worker cannot race.
-    for name in KERNEL_ENV_DROPPED:
-        os.environ.pop(name, None)
+    _kernel_environment()
     with tempfile.TemporaryDirectory(prefix="lora_core-config-", dir=_scratch_root()) as scratch:
         notebook = Path(scratch, "notebook", notebook_name)
         notebook.parent.mkdir()
@@ -215,6 +210,23 @@ def run_shipped_config(
                 p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()
             }
     return {**outcome, "files": files}
+
+
+def warm_worker() -> None:
+    """Ready a worker for shipped configs: its environment as their kernels need it, and
+    its kernel server started (``kernels.warm_up``). Run on every worker as a sweep connects."""
+    _kernel_environment()
+    kernels.warm_up()
+
+
+def _kernel_environment() -> None:
+    # A Dask worker's nanny sets glibc's trim threshold before it starts the worker, to hand
+    # memory back to the OS; a kernel that inherits it trains about 1.7x slower (with the
+    # threshold set, every temporary above 128 KiB is mapped and unmapped anew), and the
+    # worker itself has long since read it. Popping is idempotent, so concurrent configs on
+    # one worker cannot race.
+    for name in KERNEL_ENV_DROPPED:
+        os.environ.pop(name, None)
 
 
 def _scratch_root() -> str | None:

@@ -1,0 +1,143 @@
+"""Warm kernels (lora_core.suite.kernels): each run's kernel forked from a kernel server
+that has made the notebooks' imports, and seen from inside exactly as a kernel launched
+the usual way: its own process, folder, sys.path, environment and random state."""
+
+import os
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from lora_core.suite import kernels
+from lora_core.suite.execute import execute_notebook
+
+pytestmark = pytest.mark.skipif(not kernels.enabled(), reason="warm kernels need fork (Linux)")
+
+# What a kernel reports about itself: whether torch was imported before its first cell,
+# its parent, folder, sys.path and environment, and two draws of unseeded generators.
+PROBE = """\
+import sys
+torch_before_first_cell = "torch" in sys.modules
+import json, os, random
+from pathlib import Path
+import numpy as np
+import torch
+left_by_another_run = hasattr(torch, "_lora_core_test_marker")
+torch._lora_core_test_marker = True
+metrics = {
+    "torch_before_first_cell": torch_before_first_cell,
+    "left_by_another_run": left_by_another_run,
+    "pid": os.getpid(),
+    "ppid": os.getppid(),
+    "jpy_parent_pid": int(os.environ["JPY_PARENT_PID"]),
+    "cwd": os.getcwd(),
+    "path0": sys.path[0],
+    "probe_value": os.environ.get("LORA_CORE_TEST_PROBE"),
+    "mplbackend": os.environ.get("MPLBACKEND"),
+    "threads": torch.get_num_threads(),
+    "random": random.random(),
+    "numpy_random": float(np.random.random()),
+    "torch_random": float(torch.rand(())),
+}
+Path(output_dir, "metrics.json").write_text(json.dumps({"metrics": metrics}))
+"""
+
+
+@pytest.fixture(scope="module")
+def probe(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("probe")
+    notebook = nbformat.v4.new_notebook()
+    parameters = nbformat.v4.new_code_cell('output_dir: str = "out"  # where metrics.json goes')
+    parameters.metadata["tags"] = ["parameters"]
+    notebook.cells = [parameters, nbformat.v4.new_code_cell(PROBE)]
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(notebook, folder / "probe.ipynb")
+    return folder / "probe.ipynb"
+
+
+def run(probe: Path, folder: Path) -> dict:
+    return execute_notebook(probe, folder, render_html=False)["metrics"]
+
+
+def running_servers() -> list:
+    return [server for server in kernels._servers.values() if not isinstance(server, OSError)]
+
+
+def server_pids() -> set[int]:
+    return {server.process.pid for server in running_servers()}
+
+
+def test_a_kernel_is_forked_from_a_server_that_has_made_the_imports(probe, tmp_path, monkeypatch):
+    monkeypatch.setenv(kernels.SWITCH, "1")
+    seen = run(probe, tmp_path / "run")
+    assert seen["torch_before_first_cell"]
+    assert seen["ppid"] in server_pids() and seen["ppid"] != os.getpid()
+    # ipykernel watches its parent, so the kernel exits when the server does.
+    assert seen["jpy_parent_pid"] == seen["ppid"]
+
+
+def test_switched_off_the_kernel_is_launched_as_usual(probe, tmp_path, monkeypatch):
+    monkeypatch.setenv(kernels.SWITCH, "0")
+    seen = run(probe, tmp_path / "run")
+    assert not seen["torch_before_first_cell"]
+    assert seen["ppid"] == os.getpid()
+
+
+def test_a_warm_kernel_sees_what_a_launched_one_sees(probe, tmp_path, monkeypatch):
+    monkeypatch.setenv("LORA_CORE_TEST_PROBE", "same")
+    seen = {}
+    for switch in ("0", "1"):
+        monkeypatch.setenv(kernels.SWITCH, switch)
+        seen[switch] = run(probe, tmp_path / switch)
+    for key in ("cwd", "path0", "probe_value", "mplbackend", "threads"):
+        assert seen["1"][key] == seen["0"][key], key
+    assert seen["1"]["cwd"] == str(probe.parent) and seen["1"]["probe_value"] == "same"
+
+
+def test_every_warm_kernel_is_a_new_process_with_fresh_state(probe, tmp_path, monkeypatch):
+    monkeypatch.setenv(kernels.SWITCH, "1")
+    first, second = run(probe, tmp_path / "first"), run(probe, tmp_path / "second")
+    assert first["pid"] != second["pid"] and first["ppid"] == second["ppid"]
+    # The first run marked the torch module it imported: the second run's is not that one.
+    assert not first["left_by_another_run"] and not second["left_by_another_run"]
+    # Unseeded generators are seeded from the OS in each kernel, not copied from the server.
+    assert first["random"] != second["random"]
+    assert first["numpy_random"] != second["numpy_random"]
+    assert first["torch_random"] != second["torch_random"]
+
+
+def test_another_environment_gets_a_server_of_its_own(probe, tmp_path, monkeypatch):
+    monkeypatch.setenv(kernels.SWITCH, "1")
+    monkeypatch.setenv("LORA_CORE_TEST_PROBE", "a")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    a = run(probe, tmp_path / "a")
+    monkeypatch.setenv("LORA_CORE_TEST_PROBE", "b")
+    b = run(probe, tmp_path / "b")
+    assert (a["probe_value"], b["probe_value"]) == ("a", "b")
+    assert a["ppid"] != b["ppid"] and {a["ppid"], b["ppid"]} <= server_pids()
+    # Read by the OpenMP runtime when torch loads: right only because the server is new.
+    assert a["threads"] == b["threads"] == 1
+
+
+def test_a_server_that_cannot_start_leaves_the_kernel_launched_as_usual(probe, tmp_path, monkeypatch):
+    monkeypatch.setenv(kernels.SWITCH, "1")
+    monkeypatch.setenv("LORA_CORE_TEST_PROBE", "no server")  # a new environment: a new server
+    monkeypatch.setattr(kernels, "WARM_MODULES", ("lora_core_no_such_module",))
+    seen = run(probe, tmp_path / "run")
+    assert seen["ppid"] == os.getpid() and not seen["torch_before_first_cell"]
+
+
+def test_closing_the_servers_ends_them(probe, tmp_path, monkeypatch):
+    monkeypatch.setenv(kernels.SWITCH, "1")
+    run(probe, tmp_path / "run")
+    servers = running_servers()
+    kernels.close_servers()
+    assert servers and all(server.process.poll() is not None for server in servers)
+    assert not kernels._servers
+
+
+def test_the_server_is_this_interpreter_only(tmp_path):
+    assert kernels._is_this_ipykernel([sys.executable, "-m", "ipykernel_launcher", "-f", "c.json"])
+    assert not kernels._is_this_ipykernel([str(tmp_path / "python"), "-m", "ipykernel_launcher", "-f", "c.json"])
+    assert not kernels._is_this_ipykernel([sys.executable, "-m", "other_kernel", "-f", "c.json"])
