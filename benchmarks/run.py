@@ -905,6 +905,11 @@ def peak_memory() -> dict[str, float]:
     (a notebook kernel, the main job's workers), in MiB."""
     import resource
 
+    from lora_core.suite import kernels
+
+    # Kernels forked by a kernel server are its children: they count among ours once the
+    # server, which waits for each of them, has been waited for in turn.
+    kernels.close_servers()
     kib = 1024.0  # Linux reports ru_maxrss in KiB
     return {
         "process_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / kib,

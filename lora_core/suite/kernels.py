@@ -227,8 +227,9 @@ def serve(modules: list[str]) -> None:
     os.environ.setdefault("MPLBACKEND", INLINE_BACKEND)
     for name in modules:
         importlib.import_module(name)
-    # Kernels are reaped as they exit; each one sets this back to the default.
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    # Kernels are waited for as they exit (so that, as a launched kernel's would, their
+    # resource usage adds up in ours); each one sets this back to the default.
+    signal.signal(signal.SIGCHLD, _reap)
     # Answers go out on the pipe that was stdout; stdout itself, which the kernels
     # inherit, becomes stderr, so that nothing a kernel prints can reach the pipe.
     answers = os.fdopen(os.dup(1), "w")
@@ -241,6 +242,16 @@ def serve(modules: list[str]) -> None:
             answers.close()
             _become_kernel(request)  # never returns
         print(json.dumps({"pid": pid}), file=answers, flush=True)
+
+
+def _reap(signum: int, frame: Any) -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
 
 
 def _become_kernel(request: dict) -> None:

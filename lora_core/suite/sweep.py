@@ -60,6 +60,7 @@ from tqdm.auto import tqdm
 
 from ..fast.multi import config_grid
 from ..validation import check_float, check_int
+from . import kernels
 from .execute import (
     CHECKED_TYPES,
     NotebookRunError,
@@ -70,7 +71,6 @@ from .execute import (
     terminate_pool,
     worker_pool,
 )
-from . import kernels
 from .notebook import UNRECORDED
 from .reports import METRICS_FILE, SUMMARY_FILE, SWEEP_FILE, build_index, write_text_atomic
 

@@ -139,5 +139,7 @@ def test_closing_the_servers_ends_them(probe, tmp_path, monkeypatch):
 
 def test_the_server_is_this_interpreter_only(tmp_path):
     assert kernels._is_this_ipykernel([sys.executable, "-m", "ipykernel_launcher", "-f", "c.json"])
-    assert not kernels._is_this_ipykernel([str(tmp_path / "python"), "-m", "ipykernel_launcher", "-f", "c.json"])
+    assert not kernels._is_this_ipykernel(
+        [str(tmp_path / "python"), "-m", "ipykernel_launcher", "-f", "c.json"]
+    )
     assert not kernels._is_this_ipykernel([sys.executable, "-m", "other_kernel", "-f", "c.json"])
