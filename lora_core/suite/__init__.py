@@ -7,6 +7,7 @@ markdown    a run as a Markdown blog post with its figures (lora-reports markdow
 seed_band   the spread of a notebook's numbers over seeds (lora-reports seed-band)
 regression  check a run's metrics against a committed baseline (lora-regress)
 execute     run one notebook with papermill: parameters checked, failures explained
+kernels     each run's kernel forked from a server that has made the imports (Linux)
 sweep       run a notebook over a whole grid, resumably, in parallel (lora-sweep)
 cluster     the same on a Dask cluster, files shipped back (lora-sweep --dask)
 reproduce   the main job: every notebook into reports/ (python -m lora_core reproduce)

@@ -1,8 +1,9 @@
 """Warm kernels: a fresh kernel for every run, without paying its imports every time.
 
 Every notebook run gets a kernel of its own, so that no run sees another's state. A new
-kernel is a new interpreter: it imports ipykernel before its first cell and torch and
-pandas in it, about 2.5 s of a 10 s sweep config at seed scale, all on one core. Here a
+kernel is a new interpreter: it imports ipykernel before its first cell, torch and pandas
+in it and matplotlib in its first figure, about 2.3 s of a 10 s sweep config of notebook
+01 at seed scale (benchmarks/README.md), all on one core. Here a
 *kernel server*, a process of this interpreter that has made those imports and runs no
 other code, forks each kernel: a new process that starts ipykernel as ``python -m
 ipykernel_launcher`` would, with the imports already made. The same idea as
@@ -19,6 +20,12 @@ otherwise, and whenever the server fails, it launches the kernel as jupyter_clie
 always does. One server serves one environment: libraries read some variables when they
 load (``OMP_NUM_THREADS``, glibc's ``MALLOC_*``), so a kernel asking for other values
 than a server was started with gets a server of its own.
+
+A forked kernel sees what a launched one sees: a process and session of its own, the
+notebook's folder as its working directory and first on ``sys.path``, the run's
+environment, and ``random``, NumPy's and torch's generators seeded afresh (a fork would
+otherwise repeat the server's draws in every kernel). It exits when its server does, and
+the server when its input closes, that is, when the process that started it exits.
 """
 
 from __future__ import annotations
@@ -81,6 +88,9 @@ class _Server:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
+            # Out of our process group, as launched kernels are: a Ctrl-C meant for a sweep
+            # is not the server's to answer (it ends when we do, through its input).
+            start_new_session=True,
         )
         self._expect("ready")
 
@@ -166,13 +176,8 @@ class _Forked:
         self.returncode: int | None = None
 
     def poll(self) -> int | None:
-        if self.returncode is None:
-            try:
-                os.kill(self.pid, 0)
-            except ProcessLookupError:
-                self.returncode = 0
-            except PermissionError:  # the pid was reused by another user's process
-                self.returncode = 0
+        if self.returncode is None and not alive(self.pid):
+            self.returncode = 0
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
@@ -189,6 +194,19 @@ class _Forked:
 
     def terminate(self) -> None:
         self.send_signal(signal.SIGTERM)
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs: a zombie does not (one whose server has gone is left
+    to init, which in a container may never wait for it)."""
+    try:
+        os.kill(pid, 0)
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] not in ("Z", "X")
+    except (ProcessLookupError, PermissionError):  # PermissionError: the pid was reused
+        return False
+    except OSError:
+        return True  # no /proc to tell a zombie by
 
 
 def _is_this_ipykernel(cmd: list[str]) -> bool:
@@ -234,14 +252,17 @@ def serve(modules: list[str]) -> None:
     # inherit, becomes stderr, so that nothing a kernel prints can reach the pipe.
     answers = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
-    print(json.dumps({"ready": os.getpid()}), file=answers, flush=True)
-    for line in sys.stdin:
-        request = json.loads(line)
-        pid = os.fork()
-        if pid == 0:
-            answers.close()
-            _become_kernel(request)  # never returns
-        print(json.dumps({"pid": pid}), file=answers, flush=True)
+    try:
+        print(json.dumps({"ready": os.getpid()}), file=answers, flush=True)
+        for line in sys.stdin:
+            request = json.loads(line)
+            pid = os.fork()
+            if pid == 0:
+                answers.close()
+                _become_kernel(request)  # never returns
+            print(json.dumps({"pid": pid}), file=answers, flush=True)
+    except BrokenPipeError:
+        pass  # the client is gone: so is the reason to serve
 
 
 def _reap(signum: int, frame: Any) -> None:

@@ -143,3 +143,24 @@ def test_the_server_is_this_interpreter_only(tmp_path):
         [str(tmp_path / "python"), "-m", "ipykernel_launcher", "-f", "c.json"]
     )
     assert not kernels._is_this_ipykernel([sys.executable, "-m", "other_kernel", "-f", "c.json"])
+
+
+def test_a_kernel_exits_when_its_server_does(tmp_path):
+    # The server exits when its input closes (the process that started it is gone, say,
+    # a killed Dask worker); ipykernel then sees its parent change and exits too.
+    import time
+
+    from jupyter_client.connect import write_connection_file
+
+    connection, _ = write_connection_file(str(tmp_path / "kernel.json"))
+    server = kernels._Server(dict(os.environ))
+    pid = server.fork(["-f", connection], str(tmp_path), dict(os.environ))
+    assert kernels.alive(pid)
+    server.process.stdin.close()
+    assert server.process.wait(timeout=30) == 0
+    deadline = time.monotonic() + 30
+    while kernels.alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if kernels.alive(pid):
+        os.kill(pid, 9)
+        pytest.fail("the kernel outlived its server by 30 s")
