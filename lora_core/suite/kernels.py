@@ -25,7 +25,9 @@ A forked kernel sees what a launched one sees: a process and session of its own,
 notebook's folder as its working directory and first on ``sys.path``, the run's
 environment, and ``random``, NumPy's and torch's generators seeded afresh (a fork would
 otherwise repeat the server's draws in every kernel). It exits when its server does, and
-the server when its input closes, that is, when the process that started it exits.
+the server when its input closes, that is, when the process that started it exits. One
+difference remains: every kernel of a server shares its string-hash seed
+(``PYTHONHASHSEED``), where launched kernels each draw one.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ PER_LAUNCH = ("JPY_PARENT_PID", "JPY_SESSION_NAME")
 
 
 def enabled() -> bool:
+    """Whether kernels are forked here: on Linux, unless LORA_CORE_WARM_KERNELS=0."""
     return hasattr(os, "fork") and sys.platform == "linux" and os.environ.get(SWITCH, "1") != "0"
 
 
@@ -115,7 +118,8 @@ class _Server:
             return int(self._expect("pid")["pid"])
 
     def close(self) -> None:
-        # End of input ends the server; its kernels live on until their managers stop them.
+        # End of input ends the server, and so (ipykernel's parent poller) any kernel of
+        # its that still runs: as a launched kernel ends when the process that started it does.
         if self.process.poll() is None:
             self.process.stdin.close()
             self.process.wait()
@@ -155,7 +159,7 @@ def warm_up() -> None:
 
 @atexit.register
 def close_servers() -> None:
-    """Stop every kernel server this process started (kernels already running go on)."""
+    """Stop every kernel server this process started, and with them their kernels."""
     with _servers_lock:
         for server in _servers.values():
             if isinstance(server, _Server):
