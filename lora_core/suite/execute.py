@@ -318,12 +318,14 @@ class _ThisInterpreterSpecs(KernelSpecManager):
     forked from a kernel server where it can be (``kernels.WarmProvisioner``)."""
 
     def get_kernel_spec(self, kernel_name: str) -> KernelSpec:
+        # jupyter_client finds provisioners by entry point, which only an install registers.
+        warm = {"kernel_provisioner": {"provisioner_name": kernels.PROVISIONER_NAME}}
         return KernelSpec(
             argv=[sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
             display_name=f"Python ({sys.executable})",
             language="python",
             name=kernel_name,
-            metadata={"kernel_provisioner": {"provisioner_name": kernels.PROVISIONER_NAME}},
+            metadata=warm if kernels.registered() else {},
         )
 
 

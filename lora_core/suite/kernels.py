@@ -10,7 +10,8 @@ ipykernel_launcher`` would, with the imports already made. The same idea as
 ``multiprocessing``'s forkserver, and as safe: the server holds no state of any run.
 
 ``WarmProvisioner`` is a jupyter_client kernel provisioner (registered as
-``lora-core-warm``). It launches the kernel through a server when
+``lora-core-warm`` when lora_core is installed; from a bare checkout kernels are launched
+as usual). It launches the kernel through a server when
 
 - the platform forks (Linux),
 - the command is ipykernel on this interpreter, and
@@ -33,6 +34,7 @@ difference remains: every kernel of a server shares its string-hash seed
 from __future__ import annotations
 
 import atexit
+import functools
 import importlib
 import json
 import os
@@ -44,6 +46,7 @@ import subprocess
 import sys
 import threading
 import time
+from importlib.metadata import entry_points
 from typing import Any
 
 from jupyter_client.connect import KernelConnectionInfo
@@ -69,6 +72,14 @@ ANSWER_TIMEOUT = 120.0  # seconds a server may take to import, or to fork a kern
 # Set per launch by jupyter_client and replaced in the child: not a reason for a server
 # of its own.
 PER_LAUNCH = ("JPY_PARENT_PID", "JPY_SESSION_NAME")
+
+
+@functools.cache
+def registered() -> bool:
+    """Whether jupyter_client can find ``WarmProvisioner``: lora_core is installed (an
+    editable install counts), not only importable from a checkout."""
+    found = entry_points(group="jupyter_client.kernel_provisioners", name=PROVISIONER_NAME)
+    return bool(found)
 
 
 def enabled() -> bool:

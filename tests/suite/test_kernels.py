@@ -120,6 +120,14 @@ def test_another_environment_gets_a_server_of_its_own(probe, tmp_path, monkeypat
     assert a["threads"] == b["threads"] == 1
 
 
+def test_without_the_provisioner_registered_the_kernel_is_launched_as_usual(probe, tmp_path, monkeypatch):
+    # lora_core importable from a checkout but not installed: no entry point to find.
+    monkeypatch.setenv(kernels.SWITCH, "1")
+    monkeypatch.setattr(kernels, "registered", lambda: False)
+    seen = run(probe, tmp_path / "run")
+    assert seen["ppid"] == os.getpid() and not seen["torch_before_first_cell"]
+
+
 def test_a_server_that_cannot_start_leaves_the_kernel_launched_as_usual(probe, tmp_path, monkeypatch):
     monkeypatch.setenv(kernels.SWITCH, "1")
     monkeypatch.setenv("LORA_CORE_TEST_PROBE", "no server")  # a new environment: a new server
