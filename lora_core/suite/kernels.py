@@ -46,6 +46,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -271,13 +272,25 @@ def serve(modules: list[str]) -> None:
         print(json.dumps({"ready": os.getpid()}), file=answers, flush=True)
         for line in sys.stdin:
             request = json.loads(line)
-            pid = os.fork()
+            pid = _fork()
             if pid == 0:
                 answers.close()
                 _become_kernel(request)  # never returns
             print(json.dumps({"pid": pid}), file=answers, flush=True)
     except BrokenPipeError:
         pass  # the client is gone: so is the reason to serve
+
+
+def _fork() -> int:
+    # The server's only threads besides its own are OpenBLAS's (NumPy starts them when it
+    # loads), which OpenBLAS stops and restarts around a fork (pthread_atfork). Python
+    # 3.12+ warns about forking any multi-threaded process, which would print a line for
+    # every kernel. The filter is lifted again in parent and child alike as this returns.
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r".*use of fork\(\) may lead to deadlocks", category=DeprecationWarning
+        )
+        return os.fork()
 
 
 def _reap(signum: int, frame: Any) -> None:

@@ -172,3 +172,24 @@ def test_a_kernel_exits_when_its_server_does(tmp_path):
     if kernels.alive(pid):
         os.kill(pid, 9)
         pytest.fail("the kernel outlived its server by 30 s")
+
+
+def test_the_server_forks_without_python_s_thread_warning_and_leaves_no_filter():
+    # Python 3.12+ warns on forking a process with threads (the server has OpenBLAS's);
+    # the server silences that warning for its own forks only, not for the kernel's code.
+    import threading
+    import time
+    import warnings
+
+    before = list(warnings.filters)
+    sleeper = threading.Thread(target=time.sleep, args=(1,), daemon=True)
+    sleeper.start()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pid = kernels._fork()
+        if pid == 0:
+            os._exit(0 if warnings.filters[0][0] == "always" else 1)  # the caller's filters, as they were
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert not [w for w in caught if "fork()" in str(w.message)]
+    assert warnings.filters == before
