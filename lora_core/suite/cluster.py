@@ -91,7 +91,10 @@ def dask_executor(cluster: str) -> Iterator[Executor]:
             )
         stack.enter_context(client)
         # Each worker starts its kernel server now, with the cluster, not in its first config.
-        client.run(warm_worker)
+        # Only a saving: a worker that cannot (another lora_core, say) starts it when it
+        # runs its first config, and its configs report whatever else is wrong with it.
+        with contextlib.suppress(Exception):
+            client.run(warm_worker)
         yield client.get_executor()
 
 

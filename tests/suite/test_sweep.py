@@ -618,3 +618,18 @@ def test_command_line_runs_on_a_running_scheduler(tmp_path, dask_pool, how):
     summary = load_sweep(output)
     assert code == 0 and list(summary["loss"]) == [4.0, 4.0] and list(summary["status"]) == ["ok", "ok"]
     assert client.status == "running"  # the sweep's own client closed, the cluster left running
+
+
+def test_workers_that_cannot_warm_up_still_run_the_sweep(tmp_path, monkeypatch):
+    # Warming each worker's kernel server as the sweep connects is only a saving: a
+    # worker on which it fails (another lora_core version, say) still runs its configs.
+    pytest.importorskip("distributed")
+    from lora_core.suite import cluster
+
+    def fails_on_the_worker():
+        raise RuntimeError("this worker cannot warm up")
+
+    monkeypatch.setattr(cluster, "warm_worker", fails_on_the_worker)
+    with cluster.dask_executor("local:1") as executor:
+        result = sweep(tmp_path / "cold", {"x": [1, 2]}, executor=executor)
+    assert list(result.summary["status"]) == ["ok", "ok"]
