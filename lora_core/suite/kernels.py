@@ -70,6 +70,7 @@ WARM_MODULES = (
 # The backend a kernel sets when the environment names none; matplotlib reads it on import.
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 ANSWER_TIMEOUT = 120.0  # seconds a server may take to import, or to fork a kernel
+CLOSE_TIMEOUT = 10.0  # seconds a server may take to exit once its input is closed
 # Set per launch by jupyter_client and replaced in the child: not a reason for a server
 # of its own.
 PER_LAUNCH = ("JPY_PARENT_PID", "JPY_SESSION_NAME")
@@ -134,7 +135,11 @@ class _Server:
         # its that still runs: as a launched kernel ends when the process that started it does.
         if self.process.poll() is None:
             self.process.stdin.close()
-            self.process.wait()
+            try:
+                self.process.wait(timeout=CLOSE_TIMEOUT)
+            except subprocess.TimeoutExpired:  # stuck on its way out: not ours to wait for
+                self.process.kill()
+                self.process.wait()
 
 
 _servers: dict[tuple, _Server | OSError] = {}
@@ -197,7 +202,10 @@ class _Forked:
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
         while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"kernel {self.pid}", timeout)
             time.sleep(0.05)
         return self.returncode
 
