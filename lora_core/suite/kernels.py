@@ -34,6 +34,7 @@ difference remains: every kernel of a server shares its string-hash seed
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import importlib
 import json
@@ -264,6 +265,14 @@ class WarmProvisioner(LocalProvisioner):
 # The server side
 
 
+# The socket files each kernel binds (IPC transport). A kernel's manager removes them
+# when it shuts the kernel down; when the process that started the kernel is killed
+# instead (a Ctrl-C'd sweep's worker, a lost Dask worker), the server does.
+_running: dict[int, list[str]] = {}  # by pid, the kernels that run
+_ended: list[list[str]] = []  # those of ended kernels, while any of them is left
+_reaped: list[int] = []  # ended kernels not yet moved from _running to _ended
+
+
 def serve(modules: list[str]) -> None:
     """Import ``modules``, then fork a kernel for every request read from stdin."""
     os.environ.setdefault("MPLBACKEND", INLINE_BACKEND)
@@ -280,13 +289,62 @@ def serve(modules: list[str]) -> None:
         print(json.dumps({"ready": os.getpid()}), file=answers, flush=True)
         for line in sys.stdin:
             request = json.loads(line)
+            _settle()
+            sockets = _socket_files(request["argv"])
             pid = _fork()
             if pid == 0:
                 answers.close()
                 _become_kernel(request)  # never returns
+            _running[pid] = sockets
             print(json.dumps({"pid": pid}), file=answers, flush=True)
     except BrokenPipeError:
         pass  # the client is gone: so is the reason to serve
+    finally:
+        _end_kernels()
+
+
+def _socket_files(argv: list[str]) -> list[str]:
+    """The socket files of the kernel started with ``argv`` (``-f connection_file``), if
+    it uses the IPC transport: ``{ip}-{port}``, as jupyter_client names them."""
+    try:
+        with open(argv[argv.index("-f") + 1]) as file:
+            info = json.load(file)
+        if info.get("transport") != "ipc":
+            return []
+        ports = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
+        return [f"{info['ip']}-{info[port]}" for port in ports if port in info]
+    except (ValueError, IndexError, KeyError, OSError, TypeError):
+        return []  # a connection file that is not ours to read: nothing to clean up
+
+
+def _settle() -> None:
+    """Move the kernels that have ended since the last call to ``_ended``, and forget
+    those whose socket files are gone (their managers removed them)."""
+    while _reaped:
+        sockets = _running.pop(_reaped.pop(), None)
+        if sockets:
+            _ended.append(sockets)
+    _ended[:] = [sockets for sockets in _ended if any(os.path.exists(path) for path in sockets)]
+
+
+def _end_kernels() -> None:
+    """The server is going, and its kernels with it (they would exit a moment later,
+    their parent gone): end them now and remove the socket files left behind."""
+    # From here on kernels are reaped only below, so that no pid in _running is freed
+    # (and reused by another process) between the check that it is ours and the kill.
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    _settle()
+    for pid in _running:
+        with contextlib.suppress(ChildProcessError):
+            if os.waitpid(pid, os.WNOHANG)[0] == 0:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+    for sockets in [*_running.values(), *_ended]:
+        for path in sockets:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass  # removed by the kernel's manager
 
 
 def _fork() -> int:
@@ -309,6 +367,7 @@ def _reap(signum: int, frame: Any) -> None:
             return
         if pid == 0:
             return
+        _reaped.append(pid)  # only appended to here: the rest is done outside the handler
 
 
 def _become_kernel(request: dict) -> None:

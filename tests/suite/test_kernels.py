@@ -193,3 +193,49 @@ def test_the_server_forks_without_python_s_thread_warning_and_leaves_no_filter()
     assert os.waitstatus_to_exitcode(status) == 0
     assert not [w for w in caught if "fork()" in str(w.message)]
     assert warnings.filters == before
+
+
+def test_a_killed_runner_leaves_no_kernel_and_no_socket_files(tmp_path):
+    # A sweep's worker that is killed (Ctrl-C, a lost Dask worker) cannot shut its kernels
+    # down; its server, whose input then closes, ends them and removes their sockets: of
+    # a kernel still running, and of one that ended with the worker (no manager left to
+    # remove them).
+    import signal
+    import time
+
+    from jupyter_client.connect import write_connection_file
+
+    server = kernels._Server(dict(os.environ))
+    started = []
+    for name in ("running", "ended"):
+        connection, info = write_connection_file(
+            str(tmp_path / f"{name}.json"), transport="ipc", ip=str(tmp_path / f"{name}-sockets")
+        )
+        sockets = [f"{info['ip']}-{info[port]}" for port in ("shell_port", "iopub_port", "hb_port")]
+        pid = server.fork(["-f", connection], str(tmp_path), dict(os.environ))
+        deadline = time.monotonic() + 60
+        while not all(os.path.exists(path) for path in sockets) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert all(os.path.exists(path) for path in sockets), "the kernel never bound its sockets"
+        started.append(pid)
+    os.kill(started[1], signal.SIGKILL)
+    while kernels.alive(started[1]):
+        time.sleep(0.05)
+    server.process.stdin.close()  # what the death of the process that started it does
+    assert server.process.wait(timeout=30) == 0
+    assert not kernels.alive(started[0])
+    assert not list(tmp_path.glob("*-sockets-*"))
+
+
+def test_only_an_ipc_kernel_has_socket_files_to_remove(tmp_path):
+    from jupyter_client.connect import write_connection_file
+
+    tcp, _ = write_connection_file(str(tmp_path / "tcp.json"))
+    ipc, info = write_connection_file(str(tmp_path / "ipc.json"), transport="ipc", ip=str(tmp_path / "s"))
+    assert kernels._socket_files(["-f", tcp]) == []
+    assert sorted(kernels._socket_files(["-f", ipc])) == sorted(
+        f"{tmp_path / 's'}-{info[port]}"
+        for port in ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
+    )
+    assert kernels._socket_files(["-f", str(tmp_path / "missing.json")]) == []
+    assert kernels._socket_files(["--no-connection-file"]) == []
