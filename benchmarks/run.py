@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import gc
 import importlib
 import json
@@ -57,6 +58,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -127,19 +129,53 @@ QUICK = Scale(
 # Timing and summaries
 
 
-def interleaved(variants: dict, rounds: int, verbose: bool = False) -> dict[str, list[float]]:
-    """Seconds per call of each variant, round i calling them in an order rotated by i."""
+def interleaved(
+    variants: dict,
+    rounds: int,
+    verbose: bool = False,
+    probe: Callable[[], float] | None = None,
+    host: dict[str, list] | None = None,
+) -> dict[str, list[float]]:
+    """Seconds per call of each variant, round i calling them in an order rotated by i.
+
+    With ``probe`` (a ``second_core`` reading) and ``host`` (a dict to fill), each call is
+    bracketed by the probe: host[name] gets (before, after) per round."""
     names = list(variants)
     times = {name: [] for name in names}
     for i in range(rounds):
         for name in names[i % len(names) :] + names[: i % len(names)]:
             gc.collect()
+            before = probe() if probe else None
             start = time.perf_counter()
             variants[name]()
             times[name].append(time.perf_counter() - start)
+            state = ""
+            if probe:
+                host.setdefault(name, []).append((before, probe()))
+                state = " (second thread ×{:.2f} before, ×{:.2f} after)".format(*host[name][-1])
             if verbose:
-                print(f"  round {i + 1}/{rounds}: {name}: {times[name][-1]:.2f} s", flush=True)
+                print(f"  round {i + 1}/{rounds}: {name}: {times[name][-1]:.2f} s{state}", flush=True)
     return times
+
+
+def second_core(work: Callable[[], None], repeats: int = 3) -> float:
+    """How much a second thread speeds ``work`` up right now (median of ``repeats`` calls
+    with each thread count). For a few of train_many's steps on this 2-core VM: about 1.7
+    in some minutes and about 1.0 in others, with no steal time shown, while a lone thread
+    runs at the same speed in both (benchmarks/README.md)."""
+    threads, best = torch.get_num_threads(), {}
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            samples = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                work()
+                samples.append(time.perf_counter() - start)
+            best[n] = statistics.median(samples)
+    finally:
+        torch.set_num_threads(threads)
+    return best[1] / best[2]
 
 
 def summary(samples: list[float]) -> dict:
@@ -157,6 +193,8 @@ class Results:
         self.load: dict[str, list[float]] = {}  # 1-minute load average before and after each part
         self.memory: dict[str, dict[str, float]] = {}  # peak resident MiB by part
         self.profiles: dict[str, dict] = {}  # by part: where a step's time goes (step_profile)
+        # by part and variant: second_core() before and after each round's call
+        self.host: dict[str, dict[str, list]] = {}
         # The pre-trained base, shared by the parts that start from it (not a timed cold cache).
         self.cache = tempfile.TemporaryDirectory(prefix="lora_core-benchmark-")
         self.cache_dir = self.cache.name
@@ -473,8 +511,21 @@ def part_sweep(res: Results, sc: Scale) -> None:
         "seed-style, one adapter (r=1, α=1)": lambda: seed_lora(copy.deepcopy(base), X2, y2, seed=0, **sched),
         f"train(), {len(subset)} configs one by one": one_by_one,
     }
-    times = interleaved(variants, sc.sweep_rounds, verbose=True)
+    # The probe: a few of train_many's steps on a stack of its own, at one thread and two.
+    stack = StackedAdapters([lc.LoRALinear(base, **cfg) for cfg in configs])
+    target = lc.fast.frozen_residual(base, X2, y2)
+    update = lean_step("adam", stack.parameters(), sc.lr)
+    gen = torch.Generator().manual_seed(2)
+
+    def probe_steps():
+        batches = lc.training.batch_indices(X2.shape[0], 50, sc.batch_size, "with_replacement", gen)
+        stack.run_steps(X2, target, batches, update)
+
+    host: dict[str, list] = {}
+    probe = functools.partial(second_core, probe_steps)
+    times = interleaved(variants, sc.sweep_rounds, verbose=True, probe=probe, host=host)
     res.timings["sweep"] = times
+    res.host["sweep"] = host
     for cfg in subset:
         key = tuple(cfg.values())
         alone, joint = histories[key].eval_losses.to_dict(), histories["many"][key].eval_losses.to_dict()
@@ -863,6 +914,25 @@ def markdown(res: Results, env: dict, sc: Scale, command: str) -> str:
             lines.append(
                 f"| {part} | {name} | {s['median']:.4g} | {s['min']:.4g} | {s['max']:.4g} | {s['n']} |"
             )
+    for part, host in res.host.items():
+        names = list(host)
+        lines += [
+            "",
+            f"## The host, round by round (part {part})",
+            "",
+            "Seconds, and how much a second thread sped up 50 of `train_many`'s steps just "
+            "before and just after each call (`second_core()`: about 1.7 in some minutes, about "
+            "1.0 in others). Rounds rotate the order of the variants.",
+            "",
+            "| round | " + " | ".join(names) + " |",
+            "|---|" + "---|" * len(names),
+        ]
+        for i in range(len(host[names[0]])):
+            cells = [
+                f"{res.timings[part][name][i]:.3g} s (×{host[name][i][0]:.2f} → ×{host[name][i][1]:.2f})"
+                for name in names
+            ]
+            lines.append(f"| {i + 1} | " + " | ".join(cells) + " |")
     for part, prof in res.profiles.items():
         rank = "none" if prof["reference_rank"] is None else f"r = {prof['reference_rank']}"
         lines += [
@@ -940,6 +1010,7 @@ def run_part(res: Results, part: str, args) -> None:
     res.load.update(record["load"])
     res.memory.update(record["memory"])
     res.profiles.update(record["profiles"])
+    res.host.update(record["host"])
 
 
 def _memory_text(memory: dict | None) -> str:
@@ -993,7 +1064,7 @@ def main(argv=None) -> int:
         RUNNERS[parts[0]](res, sc)
         res.load[parts[0]] = [before, os.getloadavg()[0]]
         res.memory[parts[0]] = peak_memory()
-        fields = ("checks", "timings", "ratios", "notes", "load", "memory", "profiles")
+        fields = ("checks", "timings", "ratios", "notes", "load", "memory", "profiles", "host")
         Path(args.part_record).write_text(json.dumps({k: getattr(res, k) for k in fields}))
         return 0
     for part in parts:
@@ -1017,6 +1088,7 @@ def main(argv=None) -> int:
         "notes": res.notes + list(peers.missing.values()),
         "memory_mib": res.memory,
         "profiles": res.profiles,
+        "second_core": res.host,
         "timings": {
             part: {name: {"samples": ts, **summary(ts)} for name, ts in times.items()}
             for part, times in res.timings.items()

@@ -133,3 +133,16 @@ def test_the_precision_table_runs_and_its_step_beats_the_direct_form():
         assert len(errors) == 12 and all(0 <= e < 1e-3 for e in errors)
         loss_picked, loss_direct = errors[10], errors[11]
         assert loss_picked < loss_direct  # small sizes: the step's float64 loss beats float32's
+
+
+def test_the_sweep_rounds_record_the_hosts_second_thread(quick_run):
+    # Each sweep variant's call is bracketed by a reading of what a second thread gave
+    # train_many's step then, so that a round's ratio can be read against the host's state.
+    _, output = quick_run
+    record = json.loads((output / "benchmark.json").read_text())
+    host, timings = record["second_core"]["sweep"], record["timings"]["sweep"]
+    assert set(host) == set(timings)
+    for name, readings in host.items():
+        assert len(readings) == timings[name]["n"]
+        assert all(before > 0 and after > 0 for before, after in readings)
+    assert "The host, round by round (part sweep)" in (output / "benchmark.md").read_text()
