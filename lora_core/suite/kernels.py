@@ -26,7 +26,9 @@ A forked kernel sees what a launched one sees: a process and session of its own,
 notebook's folder as its working directory and first on ``sys.path``, the run's
 environment, and ``random``, NumPy's and torch's generators seeded afresh (a fork would
 otherwise repeat the server's draws in every kernel). It exits when its server does, and
-the server when its input closes, that is, when the process that started it exits. One
+the server when its input closes, that is, when the process that started it exits; the
+server then also removes the socket files of kernels whose managers died with that
+process, which would otherwise stay in the temporary folder. One
 difference remains: every kernel of a server shares its string-hash seed
 (``PYTHONHASHSEED``), where launched kernels each draw one.
 """
