@@ -140,6 +140,8 @@ def interleaved(
 
     With ``probe`` (a ``second_core`` reading) and ``host`` (a dict to fill), each call is
     bracketed by the probe: host[name] gets (before, after) per round."""
+    if probe is not None and host is None:
+        raise ValueError("interleaved(probe=...) needs host=, the dict its readings go into")
     names = list(variants)
     times = {name: [] for name in names}
     for i in range(rounds):

@@ -219,8 +219,10 @@ def test_a_killed_runner_leaves_no_kernel_and_no_socket_files(tmp_path):
         assert all(os.path.exists(path) for path in sockets), "the kernel never bound its sockets"
         started.append(pid)
     os.kill(started[1], signal.SIGKILL)
-    while kernels.alive(started[1]):
+    deadline = time.monotonic() + 30
+    while kernels.alive(started[1]) and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert not kernels.alive(started[1])
     server.process.stdin.close()  # what the death of the process that started it does
     assert server.process.wait(timeout=30) == 0
     assert not kernels.alive(started[0])
