@@ -146,3 +146,6 @@ def test_the_sweep_rounds_record_the_hosts_second_thread(quick_run):
         assert len(readings) == timings[name]["n"]
         assert all(before > 0 and after > 0 for before, after in readings)
     assert "The host, round by round (part sweep)" in (output / "benchmark.md").read_text()
+    # Beside the goal, the rounds that had the second thread throughout, named one by one.
+    (note,) = [n for n in record["notes"] if n.startswith("sweep: rounds in which a second thread")]
+    assert note.endswith(f"of {timings['train_many, 25 configs']['n']})")
