@@ -512,9 +512,10 @@ def part_sweep(res: Results, sc: Scale) -> None:
             layer = lc.LoRALinear(base, **cfg)
             histories[tuple(cfg.values())] = lc.train(layer, X2, y2, seed=0, progress=False, **sched)
 
+    many_name, seed_name = "train_many, 25 configs", "seed-style, one adapter (r=1, α=1)"
     variants = {
-        "train_many, 25 configs": many,
-        "seed-style, one adapter (r=1, α=1)": lambda: seed_lora(copy.deepcopy(base), X2, y2, seed=0, **sched),
+        many_name: many,
+        seed_name: lambda: seed_lora(copy.deepcopy(base), X2, y2, seed=0, **sched),
         f"train(), {len(subset)} configs one by one": one_by_one,
     }
     # The probe: a few of train_many's steps on a stack of its own, at one thread and two.
@@ -545,7 +546,7 @@ def part_sweep(res: Results, sc: Scale) -> None:
     if diverged:
         res.notes.append(f"sweep: configs that diverged (still computed every step): {diverged}")
     scale_up = len(configs) / len(subset)
-    many_t, seed_t = times["train_many, 25 configs"], times["seed-style, one adapter (r=1, α=1)"]
+    many_t, seed_t = times[many_name], times[seed_name]
     one_t = [t * scale_up for t in times[f"train(), {len(subset)} configs one by one"]]
     res.ratio(
         "sweep",
@@ -572,7 +573,7 @@ def part_sweep(res: Results, sc: Scale) -> None:
     )
     # Read beside the goal, not instead of it: the rounds in which the host left the second
     # thread to both timed runs (benchmarks/README.md, "The host").
-    both = ("train_many, 25 configs", "seed-style, one adapter (r=1, α=1)")
+    both = (many_name, seed_name)
     steady = [i for i in range(len(many_t)) if min(min(host[n][i]) for n in both) >= SECOND_CORE_GIVEN]
     ratios = ", ".join(f"round {i + 1}: {many_t[i] / seed_t[i]:.3f}" for i in steady) or "none"
     res.notes.append(
